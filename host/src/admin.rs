@@ -1,0 +1,90 @@
+//! The admin listener: liveness, readiness and Prometheus metrics, on an
+//! address of its own so probes and scrapes never queue behind user traffic.
+
+use crate::app::App;
+use crate::trigger::http::json_error;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::WasiBody;
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> http::Response<WasiBody> {
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
+    match path {
+        "/healthz" => text(
+            StatusCode::OK,
+            "application/json",
+            r#"{"status":"ok"}"#.into(),
+        ),
+        // Components are compiled before the admin listener starts, so
+        // readiness is down to the backends answering.
+        "/readyz" => match app.check_backends().await {
+            Ok(()) => text(
+                StatusCode::OK,
+                "application/json",
+                r#"{"status":"ready"}"#.into(),
+            ),
+            Err(e) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {e:#}"),
+            ),
+        },
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics().encode(),
+        ),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint {path}; try /healthz, /readyz or /metrics"),
+        ),
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&app, req.uri().path()).await) }
+            },
+        );
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

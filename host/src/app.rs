@@ -1,0 +1,211 @@
+//! The running application: the manifest, every component compiled and
+//! linked with its grants, the HTTP routes, and the shared backends.
+
+use crate::capabilities::mysql::{MysqlState, SqlBackends};
+use crate::capabilities::outbound_http::{
+    AllowList, InternalDispatch, InternalRouter, OutboundHttp,
+};
+use crate::capabilities::variables::AppVariables;
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::runtime::cache::{CacheOutcome, CompileCache};
+use crate::runtime::component::LinkedComponent;
+use crate::runtime::instance::Grants;
+use crate::runtime_config::RuntimeConfig;
+use crate::trigger::http::handler::{HttpComponent, InvokeError};
+use crate::trigger::http::router::Router;
+use anyhow::{Context, Result, bail};
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+/// Everything needed to assemble an application.
+pub struct AppConfig {
+    pub manifest: Manifest,
+    pub runtime_config: RuntimeConfig,
+    /// `--variable k=v` flags.
+    pub variable_flags: Vec<String>,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// The address the HTTP trigger listens on (for `spin-full-url`).
+    pub listen_addr: SocketAddr,
+}
+
+/// What loading one component found, for the start-up summary.
+pub struct ComponentInfo {
+    pub id: String,
+    pub digest: String,
+    pub cache: CacheOutcome,
+    pub load_time: Duration,
+}
+
+pub struct App {
+    router: Router,
+    components: HashMap<String, Arc<HttpComponent>>,
+    info: Vec<ComponentInfo>,
+    metrics: Arc<Metrics>,
+    sql: Arc<SqlBackends>,
+    listen_addr: SocketAddr,
+    // Dropped last: instances must be gone before the engine's ticker stops.
+    _runtime: Runtime,
+}
+
+impl App {
+    /// Compiles (or loads from the cache) and links every component. This
+    /// is CPU-bound; call it off the async executor.
+    pub fn load(config: AppConfig) -> Result<Arc<Self>> {
+        let AppConfig {
+            manifest,
+            runtime_config,
+            variable_flags,
+            state_dir,
+            cache_dir,
+            listen_addr,
+        } = config;
+        let runtime = Runtime::new(runtime_config.limits.clone())?;
+        let cache = CompileCache::new(runtime.engine(), &cache_dir)?;
+        let linker = crate::runtime::linker::build(runtime.engine())?;
+        let variables =
+            AppVariables::resolve(&manifest, &variable_flags, &runtime_config.variables, |k| {
+                std::env::var(k).ok()
+            })
+            .with_context(|| manifest.path.display().to_string())?;
+        tracing::debug!(?variables, "resolved application variables");
+        let sql = Arc::new(SqlBackends::new(
+            runtime_config.mysql.as_ref().map(|m| m.url.clone()),
+            state_dir.join("sql"),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        let internal: InternalRouter = Arc::new(OnceLock::new());
+
+        let mut components = HashMap::new();
+        let mut info = Vec::new();
+        for (id, component) in &manifest.components {
+            let started = Instant::now();
+            let allowed = AllowList::new(&component.allowed_outbound_hosts);
+            let grants = Grants {
+                outbound: OutboundHttp::new(id, allowed.clone(), internal.clone()),
+                variables: variables.for_component(&component.variables),
+                mysql: MysqlState::new(id, sql.clone(), &component.mysql_databases, allowed),
+            };
+            let linked = LinkedComponent::load(
+                runtime.engine(),
+                &cache,
+                &linker,
+                id,
+                &manifest.source_path(component),
+                grants,
+            )?;
+            let routed = manifest.http_routes.iter().any(|r| &r.component == id);
+            match linked.http {
+                Some(pre) => {
+                    components.insert(
+                        id.clone(),
+                        Arc::new(HttpComponent::new(
+                            id,
+                            runtime.engine().clone(),
+                            pre,
+                            linked.grants,
+                            runtime.limits().clone(),
+                            metrics.clone(),
+                        )),
+                    );
+                }
+                None if routed => bail!(
+                    "component `{id}` is routed by [[trigger.http]] but does not export wasi:http/handler@0.3 or wasi:http/incoming-handler@0.2; build it as an HTTP component"
+                ),
+                None => {}
+            }
+            info.push(ComponentInfo {
+                id: id.clone(),
+                digest: linked.digest,
+                cache: linked.cache,
+                load_time: started.elapsed(),
+            });
+        }
+
+        let app = Arc::new(App {
+            router: Router::new(&manifest.http_routes),
+            components,
+            info,
+            metrics,
+            sql,
+            listen_addr,
+            _runtime: runtime,
+        });
+        let weak: Weak<dyn InternalDispatch> = Arc::downgrade(&app) as Weak<dyn InternalDispatch>;
+        let _ = internal.set(weak);
+        Ok(app)
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn components(&self) -> &[ComponentInfo] {
+        &self.info
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    pub fn sql(&self) -> &SqlBackends {
+        &self.sql
+    }
+
+    /// Invokes HTTP component `id` with `request`.
+    pub async fn invoke(
+        &self,
+        id: &str,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, InvokeError> {
+        let component = self
+            .components
+            .get(id)
+            .cloned()
+            .ok_or_else(|| InvokeError::Trap {
+                component: id.to_string(),
+                reason: "it is not an HTTP component of this application".into(),
+            })?;
+        component.invoke(request).await
+    }
+
+    /// Checks that every configured backend answers.
+    pub async fn check_backends(&self) -> Result<()> {
+        tokio::time::timeout(Duration::from_secs(2), self.sql.ping())
+            .await
+            .context("the MySQL server did not answer within 2s")?
+            .context("the MySQL server is not answering")
+    }
+}
+
+impl InternalDispatch for App {
+    fn dispatch(
+        &self,
+        component: &str,
+        request: http::Request<WasiBody>,
+    ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>> {
+        let target = self.components.get(component).cloned();
+        let name = component.to_string();
+        Box::pin(async move {
+            let Some(target) = target else {
+                tracing::warn!("no component `{name}` for http://{name}.spin.internal");
+                return Err(HttpError::DestinationNotFound);
+            };
+            match target.invoke(request).await {
+                Ok(response) => Ok(response),
+                Err(e) => Ok(crate::trigger::http::json_error(e.status(), &e.to_string())),
+            }
+        })
+    }
+}

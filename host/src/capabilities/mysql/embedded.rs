@@ -1,0 +1,236 @@
+//! The embedded SQL engine: SQLite files under the state directory, so
+//! `spin:mysql` works with no server. Statements run on the blocking pool.
+//!
+//! It accepts the portable subset of MySQL that SQLite understands; the one
+//! translation made is MySQL's `AUTO_INCREMENT` keyword to SQLite's
+//! `AUTOINCREMENT`, so the same `CREATE TABLE` works on both backends.
+
+use super::{Column, DbDataType, DbValue, Error, ParameterValue, Row};
+use rusqlite::types::{Value, ValueRef};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub struct EmbeddedDb {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl EmbeddedDb {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::ConnectionFailed(format!(
+                "cannot open the embedded database {}: {e}",
+                path.display()
+            ))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(|e| fail(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| fail(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| fail(&e))?;
+        Ok(EmbeddedDb {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub async fn query(
+        self: Arc<Self>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<(Vec<Column>, Vec<Row>), Error> {
+        self.blocking(move |conn| {
+            let mut stmt = conn.prepare(&translate(&statement)).map_err(query_error)?;
+            let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+            let declared: Vec<DbDataType> = stmt
+                .columns()
+                .iter()
+                .map(|c| declared_type(c.decl_type()))
+                .collect();
+            let mut rows_out = Vec::new();
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.into_iter().map(to_value)))
+                .map_err(query_error)?;
+            while let Some(row) = rows.next().map_err(query_error)? {
+                let mut out = Vec::with_capacity(names.len());
+                for i in 0..names.len() {
+                    out.push(to_db_value(row.get_ref(i).map_err(query_error)?));
+                }
+                rows_out.push(out);
+            }
+            let columns = names
+                .into_iter()
+                .zip(declared)
+                .map(|(name, data_type)| Column { name, data_type })
+                .collect();
+            Ok((columns, rows_out))
+        })
+        .await
+    }
+
+    pub async fn execute(
+        self: Arc<Self>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<(), Error> {
+        self.blocking(move |conn| {
+            conn.execute(
+                &translate(&statement),
+                rusqlite::params_from_iter(params.into_iter().map(to_value)),
+            )
+            .map(|_| ())
+            .map_err(query_error)
+        })
+        .await
+    }
+
+    async fn blocking<R: Send + 'static>(
+        self: Arc<Self>,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        tokio::task::spawn_blocking(move || {
+            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("embedded database task failed: {e}")))?
+    }
+}
+
+/// Rewrites the MySQL spelling of the autoincrement keyword.
+fn translate(statement: &str) -> String {
+    let mut out = String::with_capacity(statement.len());
+    let mut rest = statement;
+    while let Some(pos) = find_keyword(rest, "AUTO_INCREMENT") {
+        out.push_str(&rest[..pos]);
+        out.push_str("AUTOINCREMENT");
+        rest = &rest[pos + "AUTO_INCREMENT".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Finds `keyword` as a whole word, case-insensitively.
+fn find_keyword(haystack: &str, keyword: &str) -> Option<usize> {
+    let upper = haystack.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(found) = upper[from..].find(keyword) {
+        let at = from + found;
+        let before = upper[..at].chars().next_back();
+        let after = upper[at + keyword.len()..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !word(before) && !word(after) {
+            return Some(at);
+        }
+        from = at + keyword.len();
+    }
+    None
+}
+
+fn query_error(e: rusqlite::Error) -> Error {
+    Error::QueryFailed(e.to_string())
+}
+
+fn to_value(p: ParameterValue) -> Value {
+    match p {
+        ParameterValue::Boolean(b) => Value::Integer(b.into()),
+        ParameterValue::Int8(v) => Value::Integer(v.into()),
+        ParameterValue::Int16(v) => Value::Integer(v.into()),
+        ParameterValue::Int32(v) => Value::Integer(v.into()),
+        ParameterValue::Int64(v) => Value::Integer(v),
+        ParameterValue::Uint8(v) => Value::Integer(v.into()),
+        ParameterValue::Uint16(v) => Value::Integer(v.into()),
+        ParameterValue::Uint32(v) => Value::Integer(v.into()),
+        // SQLite integers are 64-bit signed; larger values are stored as text.
+        ParameterValue::Uint64(v) => i64::try_from(v)
+            .map(Value::Integer)
+            .unwrap_or_else(|_| Value::Text(v.to_string())),
+        ParameterValue::Floating32(v) => Value::Real(v.into()),
+        ParameterValue::Floating64(v) => Value::Real(v),
+        ParameterValue::Str(s) => Value::Text(s),
+        ParameterValue::Binary(b) => Value::Blob(b),
+        ParameterValue::DbNull => Value::Null,
+    }
+}
+
+fn declared_type(decl: Option<&str>) -> DbDataType {
+    let Some(decl) = decl else {
+        return DbDataType::Other;
+    };
+    let d = decl.to_ascii_uppercase();
+    // SQLite's own affinity rules, in its order.
+    if d.contains("INT") {
+        DbDataType::Int64
+    } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+        DbDataType::Str
+    } else if d.contains("BLOB") {
+        DbDataType::Binary
+    } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
+        DbDataType::Floating64
+    } else if d.contains("BOOL") {
+        DbDataType::Boolean
+    } else {
+        DbDataType::Other
+    }
+}
+
+fn to_db_value(v: ValueRef<'_>) -> DbValue {
+    match v {
+        ValueRef::Null => DbValue::DbNull,
+        ValueRef::Integer(i) => DbValue::Int64(i),
+        ValueRef::Real(f) => DbValue::Floating64(f),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => DbValue::Str(s.to_string()),
+            Err(_) => DbValue::Binary(t.to_vec()),
+        },
+        ValueRef::Blob(b) => DbValue::Binary(b.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_increment_is_translated_as_a_word() {
+        assert_eq!(
+            translate("id INTEGER PRIMARY KEY auto_increment, x"),
+            "id INTEGER PRIMARY KEY AUTOINCREMENT, x"
+        );
+        assert_eq!(translate("my_auto_increment_col"), "my_auto_increment_col");
+    }
+
+    #[tokio::test]
+    async fn statements_bind_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("t.sqlite")).unwrap());
+        db.clone()
+            .execute(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY AUTO_INCREMENT, name VARCHAR(20))".into(),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let evil = "x'); DROP TABLE t; --".to_string();
+        db.clone()
+            .execute(
+                "INSERT INTO t (name) VALUES (?)".into(),
+                vec![ParameterValue::Str(evil.clone())],
+            )
+            .await
+            .unwrap();
+        let (cols, rows) = db
+            .clone()
+            .query(
+                "SELECT id, name FROM t WHERE name = ?".into(),
+                vec![ParameterValue::Str(evil.clone())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(cols[1].name, "name");
+        assert_eq!(cols[1].data_type, DbDataType::Str);
+        assert_eq!(rows.len(), 1);
+        assert!(matches!(&rows[0][1], DbValue::Str(s) if *s == evil));
+    }
+}

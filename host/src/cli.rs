@@ -1,0 +1,61 @@
+//! The `spindle` command line, shaped after `spin`.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "spindle",
+    version,
+    about = "Run spin.toml WebAssembly applications"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the application: serve its HTTP routes until Ctrl-C.
+    Up(UpArgs),
+    /// Run the components' build commands.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// The application manifest.
+    #[arg(long, short = 'f', default_value = "spin.toml")]
+    pub manifest: PathBuf,
+    /// Address to serve HTTP on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Runtime config (TOML) choosing backends, variables and limits.
+    #[arg(long)]
+    pub runtime_config_file: Option<PathBuf>,
+    /// Set an application variable: NAME=VALUE (repeatable).
+    #[arg(long = "variable", value_name = "NAME=VALUE")]
+    pub variables: Vec<String>,
+    /// Build the components before starting.
+    #[arg(long)]
+    pub build: bool,
+    /// Where embedded backends keep their data.
+    #[arg(long, default_value = ".spindle")]
+    pub state_dir: PathBuf,
+    /// Where compiled components are cached [default: STATE_DIR/cache].
+    #[arg(long, env = "SPINDLE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Address of the admin listener (health, readiness, metrics).
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The application manifest.
+    #[arg(long, short = 'f', default_value = "spin.toml")]
+    pub manifest: PathBuf,
+    /// Components to build (default: all).
+    pub components: Vec<String>,
+}

@@ -1,0 +1,44 @@
+//! `spindle`: a WebAssembly function platform that runs `spin.toml`
+//! applications under wasmtime.
+
+mod admin;
+mod app;
+mod builder;
+mod capabilities;
+mod cli;
+mod manifest;
+mod metrics;
+mod runtime;
+mod runtime_config;
+mod trigger;
+mod up;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(up::run(args))),
+        cli::Command::Build(args) => manifest::Manifest::load(&args.manifest)
+            .map_err(anyhow::Error::from)
+            .and_then(|m| builder::build(&m, &args.components)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The state of one component instance (`Store<InstanceState>`): WASI
+//! contexts, the capabilities the component was granted, and the limiter
+//! and deadline that bound a single invocation.
+
+use crate::capabilities::mysql::{MysqlState, MysqlView};
+use crate::capabilities::outbound_http::OutboundHttp;
+use crate::capabilities::variables::ComponentVariables;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// One invocation's deadline and what it ran into, shared between the store
+/// and the dispatcher: the dispatcher extends the deadline once a response
+/// exists, and reads the flags after the store may already be gone.
+#[derive(Debug)]
+pub struct Invocation {
+    started: Instant,
+    /// Milliseconds after `started` until which guest code may run.
+    deadline_ms: AtomicU64,
+    timed_out: AtomicBool,
+    memory_exceeded: AtomicBool,
+}
+
+impl Invocation {
+    fn new(timeout: Duration) -> Self {
+        Invocation {
+            started: Instant::now(),
+            deadline_ms: AtomicU64::new(timeout.as_millis() as u64),
+            timed_out: AtomicBool::new(false),
+            memory_exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// Lets guest code run until `from_now` from now (e.g. to stream a body).
+    pub fn extend(&self, from_now: Duration) {
+        let at = self.started.elapsed() + from_now;
+        self.deadline_ms
+            .store(at.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn expired(&self) -> bool {
+        self.started.elapsed().as_millis() as u64 >= self.deadline_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    pub fn memory_exceeded(&self) -> bool {
+        self.memory_exceeded.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-instance memory cap. The pooling allocator also caps each linear
+/// memory; this limiter covers the instance as a whole and records the
+/// refusal so the caller can say why the guest stopped.
+struct MemoryLimiter {
+    limit: usize,
+    used: usize,
+    invocation: Arc<Invocation>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grown = self.used - current.min(self.used) + desired;
+        if grown > self.limit {
+            self.invocation
+                .memory_exceeded
+                .store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.used = grown;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Everything the host keeps for one component instance.
+pub struct InstanceState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: OutboundHttp,
+    pub variables: ComponentVariables,
+    pub mysql: MysqlState,
+    limiter: MemoryLimiter,
+    invocation: Arc<Invocation>,
+}
+
+/// The capabilities one component is granted, cloned into each instance.
+#[derive(Clone)]
+pub struct Grants {
+    pub outbound: OutboundHttp,
+    pub variables: ComponentVariables,
+    pub mysql: MysqlState,
+}
+
+impl InstanceState {
+    pub fn new(grants: &Grants, memory_limit: usize, timeout: Duration) -> Self {
+        let invocation = Arc::new(Invocation::new(timeout));
+        // Guests write to the host's stdout/stderr, like `spin up` does.
+        let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
+        InstanceState {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            outbound: grants.outbound.clone(),
+            variables: grants.variables.clone(),
+            mysql: grants.mysql.clone(),
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                used: 0,
+                invocation: invocation.clone(),
+            },
+            invocation,
+        }
+    }
+
+    pub fn invocation(&self) -> Arc<Invocation> {
+        self.invocation.clone()
+    }
+
+    pub fn mysql_view(&mut self) -> MysqlView<'_> {
+        MysqlView::new(&mut self.table, &self.mysql)
+    }
+
+    /// Installs the limiter and the epoch callback on a new store. The
+    /// callback yields to the executor every tick, so a busy guest cannot
+    /// starve other requests, and traps once the deadline has passed.
+    pub fn configure(store: &mut Store<InstanceState>) {
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let invocation = &ctx.data().invocation;
+            if invocation.expired() {
+                invocation.timed_out.store(true, Ordering::Relaxed);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}

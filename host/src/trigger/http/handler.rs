@@ -1,0 +1,246 @@
+//! Invoking one HTTP component: a fresh instance per request, driven by
+//! wasmtime-wasi-http's `ProxyHandler` (which serves both `wasi:http@0.2`
+//! and `@0.3` components), with the request timeout and memory cap applied
+//! and guest failures turned into 500/504 answers.
+
+use crate::metrics::Metrics;
+use crate::runtime::instance::{Grants, InstanceState, Invocation};
+use crate::runtime_config::Limits;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
+    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+/// Why an invocation produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("component `{component}` did not respond within {timeout:?}")]
+    Timeout {
+        component: String,
+        timeout: Duration,
+    },
+    #[error("component `{component}` exceeded its memory limit of {limit_mb} MiB")]
+    Memory { component: String, limit_mb: u64 },
+    #[error("component `{component}` could not be instantiated: {reason}")]
+    Instantiation { component: String, reason: String },
+    #[error("component `{component}` failed: {reason}")]
+    Trap { component: String, reason: String },
+}
+
+impl InvokeError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            InvokeError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Instantiation { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Memory { .. } | InvokeError::Trap { .. } => {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+/// Runs one HTTP component.
+pub struct HttpComponent {
+    id: Arc<str>,
+    handler: ProxyHandler<ComponentState>,
+    limits: Limits,
+}
+
+impl HttpComponent {
+    pub fn new(
+        id: &str,
+        engine: Engine,
+        pre: ProxyPre<InstanceState>,
+        grants: Grants,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let state = ComponentState {
+            id: id.into(),
+            engine,
+            pre,
+            grants,
+            limits: limits.clone(),
+            metrics,
+        };
+        HttpComponent {
+            id: id.into(),
+            handler: ProxyHandler::new(state),
+            limits,
+        }
+    }
+
+    /// Handles one request on a fresh instance.
+    pub async fn invoke(
+        &self,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, InvokeError> {
+        let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
+        let result = self.handler.handle(slot.clone(), request).await;
+        let invocation = slot.get();
+        match result {
+            Ok(response) => {
+                // The response exists; its body may now stream for longer.
+                if let Some(invocation) = invocation {
+                    invocation.extend(self.limits.body_timeout());
+                }
+                Ok(response)
+            }
+            Err(e) => Err(self.classify(e, invocation.map(|i| &**i))),
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error, invocation: Option<&Invocation>) -> InvokeError {
+        let component = self.id.to_string();
+        if invocation.is_some_and(Invocation::timed_out) || e.is::<ExpirationError>() {
+            return InvokeError::Timeout {
+                component,
+                timeout: self.limits.request_timeout(),
+            };
+        }
+        if invocation.is_some_and(Invocation::memory_exceeded) {
+            return InvokeError::Memory {
+                component,
+                limit_mb: self.limits.memory_limit_mb,
+            };
+        }
+        if let Some(inst) = e.downcast_ref::<InstantiationError<Arc<OnceLock<Arc<Invocation>>>>>() {
+            return InvokeError::Instantiation {
+                component,
+                reason: format!("{:#}", inst.error),
+            };
+        }
+        tracing::warn!(component = %self.id, "invocation failed: {e:#}");
+        let reason = if e.is::<TrapOrPanicError>() {
+            "it trapped; the host log has the guest's message".to_string()
+        } else {
+            e.root_cause().to_string()
+        };
+        InvokeError::Trap { component, reason }
+    }
+}
+
+/// What every worker of one component shares.
+struct ComponentState {
+    id: Arc<str>,
+    engine: Engine,
+    pre: ProxyPre<InstanceState>,
+    grants: Grants,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl HandlerState for ComponentState {
+    type StoreData = InstanceState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = OneShot;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiry, OneShot>> {
+        let started = Instant::now();
+        let mut store = Store::new(
+            &self.engine,
+            InstanceState::new(
+                &self.grants,
+                self.limits.memory_limit_bytes(),
+                self.limits.request_timeout(),
+            ),
+        );
+        InstanceState::configure(&mut store);
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        self.metrics
+            .record_instantiation(&self.id, started.elapsed());
+        Ok(Instance {
+            store,
+            proxy,
+            view: <InstanceState as WasiHttpView>::http,
+            expiration: Expiry::new(&self.limits),
+            state: OneShot {
+                id: self.id.clone(),
+                request_timeout: self.limits.request_timeout(),
+            },
+        })
+    }
+}
+
+/// A worker that takes exactly one request: every request gets a fresh
+/// instance, so nothing a guest leaves in memory is seen by the next one.
+struct OneShot {
+    id: Arc<str>,
+    request_timeout: Duration,
+}
+
+impl WorkerState for OneShot {
+    type StoreData = InstanceState;
+    type RequestData = Arc<OnceLock<Arc<Invocation>>>;
+
+    fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
+        if total == 0 {
+            ShouldAccept::Yes
+        } else {
+            ShouldAccept::Never
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        store: StoreContextMut<'_, InstanceState>,
+        slot: Self::RequestData,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        let _ = slot.set(store.data().invocation());
+        Box::pin(tokio::time::sleep(self.request_timeout))
+    }
+
+    fn drop(&self, _store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        if let Err(e) = result {
+            tracing::debug!(component = %self.id, "instance ended with an error: {e:#}");
+        }
+    }
+}
+
+/// When a worker's instance is dropped: `request_timeout` after a request
+/// starts, `body_timeout` after the response while its body streams.
+struct Expiry {
+    request_timeout: Duration,
+    body_timeout: Duration,
+    armed_for: Option<(WorkerStatus, Instant)>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Expiry {
+    fn new(limits: &Limits) -> Self {
+        Expiry {
+            request_timeout: limits.request_timeout(),
+            body_timeout: limits.body_timeout(),
+            armed_for: None,
+            sleep: Box::pin(tokio::time::sleep(limits.request_timeout())),
+        }
+    }
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        let this = self.get_mut();
+        if this.armed_for != Some((status, start)) {
+            let budget = match status {
+                WorkerStatus::Requests | WorkerStatus::Idle => this.request_timeout,
+                WorkerStatus::PostReturn => this.body_timeout,
+            };
+            this.sleep.as_mut().reset((start + budget).into());
+            this.armed_for = Some((status, start));
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP trigger: accepts connections, routes each request to its
+//! component, and streams bodies both ways without buffering them.
+
+pub mod handler;
+pub mod router;
+
+use crate::app::App;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+/// Requests whose header section is larger than this get 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// A JSON `{"error": ...}` response, the shape of every error the host sends.
+pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then lets open
+/// connections finish their current requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(app, req, client).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.max_buf_size(256 * 1024);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%client, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: http::Request<Incoming>,
+    client: SocketAddr,
+) -> http::Response<WasiBody> {
+    let started = Instant::now();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let Some(matched) = app.router().route(&path) else {
+        let response = json_error(StatusCode::NOT_FOUND, &format!("no route matches {path}"));
+        app.metrics().record_request("", "", 404, started.elapsed());
+        return response;
+    };
+    let component = matched.component.to_string();
+    let raw_route = matched.raw.clone();
+
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| app.listen_addr().to_string());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let full_url = format!("http://{host}{path_and_query}");
+
+    let (mut parts, body) = req.into_parts();
+    parts.uri = match full_url.parse() {
+        Ok(uri) => uri,
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "the request URI is malformed"),
+    };
+    let spin_headers = [
+        ("spin-full-url", full_url.clone()),
+        ("spin-path-info", matched.path_info.clone()),
+        ("spin-matched-route", raw_route.clone()),
+        ("spin-raw-component-route", raw_route.clone()),
+        ("spin-component-route", matched.base.to_string()),
+        ("spin-base-path", "/".to_string()),
+        ("spin-client-addr", client.to_string()),
+    ];
+    for (name, value) in spin_headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, value);
+        }
+    }
+    let request = http::Request::from_parts(parts, body.map_err(HttpError::from).boxed_unsync());
+
+    let response = match app.invoke(&component, request).await {
+        Ok(response) => response,
+        Err(e) => json_error(e.status(), &e.to_string()),
+    };
+    app.metrics().record_request(
+        &component,
+        &raw_route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}

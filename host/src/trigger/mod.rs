@@ -1,0 +1,3 @@
+//! Triggers: what invokes components.
+
+pub mod http;

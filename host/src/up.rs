@@ -1,0 +1,127 @@
+//! `spindle up`: load the application, bind the listeners, print the
+//! routes, serve until Ctrl-C, then drain.
+
+use crate::app::{App, AppConfig};
+use crate::cli::UpArgs;
+use crate::manifest::{Manifest, RoutePattern};
+use crate::runtime::cache::CacheOutcome;
+use crate::runtime_config::RuntimeConfig;
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest)?;
+    if args.build {
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || crate::builder::build(&m, &[])).await??;
+    }
+    let manifest = Manifest::load(&args.manifest)?;
+    tracing::info!(
+        app = %manifest.application.name,
+        version = manifest.application.version.as_deref().unwrap_or("-"),
+        "loading {}",
+        args.manifest.display()
+    );
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => RuntimeConfig::load(path)?,
+        None => RuntimeConfig::default(),
+    };
+    let runtime_sections = (
+        runtime_config.gridfs.is_some(),
+        runtime_config.amqp.is_some(),
+        runtime_config.smtp.is_some(),
+    );
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; pick another --listen", args.listen))?;
+    let listen_addr = listener.local_addr()?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the admin API; pick another --admin-listen",
+                args.admin_listen
+            )
+        })?;
+    let admin_addr = admin.local_addr()?;
+
+    let config = AppConfig {
+        manifest,
+        runtime_config,
+        variable_flags: args.variables.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("cache")),
+        state_dir: args.state_dir.clone(),
+        listen_addr,
+    };
+    let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
+
+    for c in app.components() {
+        let how = match c.cache {
+            CacheOutcome::Hit => "from cache",
+            CacheOutcome::Compiled => "compiled",
+        };
+        tracing::info!(
+            component = %c.id,
+            version = %&c.digest[..12],
+            "{how} in {:.1?}",
+            c.load_time
+        );
+    }
+    tracing::info!("spin:mysql `default`: {}", app.sql().describe());
+    for (section, configured) in [
+        ("gridfs", runtime_sections.0),
+        ("amqp", runtime_sections.1),
+        ("smtp", runtime_sections.2),
+    ] {
+        if configured {
+            tracing::warn!(
+                "runtime config [{section}] is accepted but this version has no capability that uses it"
+            );
+        }
+    }
+    print_routes(&app, listen_addr, admin_addr);
+
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            crate::admin::serve(admin, app, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+        })
+    };
+    crate::trigger::http::serve(listener, app.clone(), shutdown).await?;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    app.sql().close().await;
+    Ok(())
+}
+
+fn print_routes(app: &App, listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
+    println!("Serving http://{listen}");
+    println!("Available Routes:");
+    for route in app.router().routes() {
+        let suffix = match &route.route {
+            RoutePattern::Wildcard(_) => " (wildcard)",
+            _ => "",
+        };
+        let shown = match &route.route {
+            RoutePattern::Exact(p) => p.clone(),
+            RoutePattern::Wildcard(p) => format!("{p}/..."),
+            RoutePattern::Private => continue,
+        };
+        println!("  {}: http://{listen}{shown}{suffix}", route.component);
+    }
+    println!("Admin http://{admin} (/healthz, /readyz, /metrics)");
+}

@@ -1,0 +1,69 @@
+//! A component that exercises the host: each route shows one behaviour the
+//! host must handle (streaming, variables, outbound HTTP, traps, runaway loops,
+//! unbounded allocation).
+
+use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body};
+use spin_sdk::http_service;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<BoxBody> {
+    let mut resp = Response::new(box_body(FullBody::new(bytes::Bytes::from(body.into()))));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn query_param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[http_service]
+async fn handle(req: Request) -> Response<BoxBody> {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/hello" => text(StatusCode::OK, "hello from wasi:http@0.3"),
+        // Streams the request body straight back, chunk by chunk.
+        "/echo" => Response::new(box_body(req.into_body())),
+        "/outbound" => {
+            let Some(url) = query_param(&req, "url") else {
+                return text(StatusCode::BAD_REQUEST, "missing url");
+            };
+            match spin_sdk::http::get(url).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let mut out = Response::new(box_body(resp.into_body()));
+                    *out.status_mut() = status;
+                    out
+                }
+                Err(e) => text(StatusCode::BAD_GATEWAY, format!("outbound refused: {e}")),
+            }
+        }
+        "/sleep" => {
+            let ms = query_param(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000u64);
+            spin_sdk::wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
+            text(StatusCode::OK, "slept")
+        }
+        "/loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "/trap" => panic!("deliberate trap"),
+        "/alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        p if p.starts_with("/var/") => match spin_sdk::variables::get(&p[5..]).await {
+            Ok(v) => text(StatusCode::OK, v),
+            Err(e) => text(StatusCode::NOT_FOUND, format!("{e:?}")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "no such route in testbed"),
+    }
+}
