@@ -24,8 +24,9 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
             loop {
                 match input.blocking_read(64 * 1024) {
                     Ok(chunk) => {
-                        if !chunk.is_empty() {
-                            out.blocking_write_and_flush(&chunk).expect("write echo");
+                        // WASI 0.2 caps one blocking write at 4096 bytes.
+                        for piece in chunk.chunks(4096) {
+                            out.blocking_write_and_flush(piece).expect("write echo");
                         }
                     }
                     Err(StreamError::Closed) => break,

@@ -1,0 +1,423 @@
+//! The platform over HTTP against a real `spindle up`: both wasi:http
+//! generations, streaming in both directions, limits, variables, outbound
+//! HTTP, manifest errors, the compile cache and the admin listener.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use std::time::{Duration, Instant};
+use support::{Spindle, UpOptions, expect_json_error, up, up_fails, write_manifest};
+
+fn testbed_manifest(extra_allowed: &str) -> String {
+    let wasm = support::build_components();
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "testbed"
+[variables]
+greeting = {{ default = "hello" }}
+secret_token = {{ required = true, secret = true }}
+[[trigger.http]]
+route = "/..."
+component = "testbed"
+[[trigger.http]]
+route = "/p2/..."
+component = "hello-p2"
+[[trigger.http]]
+route = {{ private = true }}
+component = "hidden"
+[component.testbed]
+source = "{tb}"
+allowed_outbound_hosts = ["http://hello-p2.spin.internal", "http://hidden.spin.internal"{extra_allowed}]
+[component.testbed.variables]
+greeting = "{{{{ greeting }}}}, world"
+token = "{{{{ secret_token }}}}"
+[component.hello-p2]
+source = "{p2}"
+[component.hidden]
+source = "{tb}"
+"#,
+        tb = wasm.join("testbed.wasm").display(),
+        p2 = wasm.join("hello_p2.wasm").display(),
+    )
+}
+
+const LIMITS: &str = "[limits]\nrequest_timeout_secs = 2\nmemory_limit_mb = 64\n";
+
+fn start(dir: &tempfile::TempDir, manifest: &std::path::Path) -> Spindle {
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, LIMITS).unwrap();
+    up(UpOptions::new(manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string())
+        .arg("--variable")
+        .arg("secret_token=s3cr3t-value")
+        .env("SPIN_VARIABLE_GREETING", "howdy"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_both_wasi_http_generations_and_variables() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    let c = support::client();
+
+    let p3 = c.get(format!("{}/hello", s.url)).send().await.unwrap();
+    assert_eq!(p3.status(), 200);
+    assert_eq!(p3.text().await.unwrap(), "hello from wasi:http@0.3");
+
+    let p2 = c.get(format!("{}/p2/hello", s.url)).send().await.unwrap();
+    assert_eq!(p2.status(), 200);
+    assert_eq!(p2.text().await.unwrap(), "hello from wasi:http@0.2");
+
+    // Env beats the manifest default; the template wraps it.
+    let v = c
+        .get(format!("{}/var/greeting", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.text().await.unwrap(), "howdy, world");
+    let v = c.get(format!("{}/var/token", s.url)).send().await.unwrap();
+    assert_eq!(v.text().await.unwrap(), "s3cr3t-value");
+    // Only the component's own variables are visible.
+    let v = c
+        .get(format!("{}/var/secret_token", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.status(), 404);
+    assert!(v.text().await.unwrap().contains("Undefined"));
+    // Secrets never reach the log.
+    assert!(!s.stderr().contains("s3cr3t-value"), "{}", s.stderr());
+}
+
+/// Sends the request body in chunks and reads each chunk back before the
+/// next is sent: only a host that streams both ways can pass.
+async fn duplex_echo(base: &str, path: &str) {
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = http::Request::post(path)
+        .header("host", addr)
+        .body(body)
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk.clone()))))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("response headers arrive before the request body ends")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for round in 0..8 {
+        let mut got = 0;
+        while got < chunk.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: echo did not arrive while the request was still open")
+                })
+                .expect("body ended early")
+                .unwrap();
+            if let Some(data) = frame.data_ref() {
+                got += data.len();
+            }
+        }
+        assert_eq!(got, chunk.len(), "round {round}");
+        if round < 7 {
+            tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk.clone()))))
+                .await
+                .unwrap();
+        }
+    }
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_stream_in_both_directions() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    duplex_echo(&s.url, "/echo").await;
+    duplex_echo(&s.url, "/p2/echo").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_stop_misbehaving_guests_while_others_are_served() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    let c = support::client();
+
+    // A runaway loop, an idle hang, a trap and unbounded allocation, all at once,
+    // while ordinary requests keep being answered.
+    let bad = ["/loop", "/sleep?ms=60000", "/trap", "/alloc"].map(|p| {
+        let c = c.clone();
+        let url = format!("{}{p}", s.url);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = c.get(url).send().await.unwrap();
+            (resp, started.elapsed())
+        })
+    });
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = c.get(format!("{}/hello", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "hello took {:?}",
+            started.elapsed()
+        );
+    }
+    let [looping, sleeping, trap, alloc] = bad;
+    let (resp, took) = looping.await.unwrap();
+    let msg = expect_json_error(resp, 504).await;
+    assert!(msg.contains("did not respond within 2s"), "{msg}");
+    assert!(took < Duration::from_secs(5), "loop stopped after {took:?}");
+    let (resp, took) = sleeping.await.unwrap();
+    expect_json_error(resp, 504).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "sleep stopped after {took:?}"
+    );
+    let (resp, _) = trap.await.unwrap();
+    let msg = expect_json_error(resp, 500).await;
+    assert!(msg.contains("trapped"), "{msg}");
+    let (resp, _) = alloc.await.unwrap();
+    let msg = expect_json_error(resp, 500).await;
+    assert!(msg.contains("memory limit of 64 MiB"), "{msg}");
+
+    let r = c.get(format!("{}/hello", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_http_is_limited_to_allowed_hosts() {
+    // An upstream the testbed is not allowed to reach.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = upstream.accept().await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"upstream says hi"),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    let c = support::client();
+    let outbound = |url: String| {
+        let c = c.clone();
+        let base = s.url.clone();
+        async move {
+            // The testbed reads the query raw, so the URL goes unencoded.
+            c.get(format!("{base}/outbound?url={url}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // In-process service chaining to a component with a route and a private one.
+    let r = outbound("http://hello-p2.spin.internal/hello".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello from wasi:http@0.2");
+    let r = outbound("http://hidden.spin.internal/hello".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello from wasi:http@0.3");
+
+    // Not in allowed_outbound_hosts: refused, with the reason in the host log.
+    let r = outbound(format!("http://{upstream_addr}/")).await;
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    assert!(
+        s.stderr().contains("add \"http://127.0.0.1:"),
+        "{}",
+        s.stderr()
+    );
+    drop(s);
+
+    // The same request once the host is allowed.
+    let (dir, manifest) =
+        write_manifest(&testbed_manifest(&format!(", \"http://{upstream_addr}\"")));
+    let s = start(&dir, &manifest);
+    let r = c
+        .get(format!("{}/outbound?url=http://{upstream_addr}/", s.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "upstream says hi"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_start_uses_the_compile_cache() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let cache = tempfile::tempdir().unwrap();
+    let mut opts = UpOptions::new(&manifest)
+        .arg("--variable")
+        .arg("secret_token=x");
+    opts.cache_dir = cache.path().to_path_buf();
+    let first = up(opts);
+    assert!(first.stderr().contains("compiled in"), "{}", first.stderr());
+    drop(first);
+    let mut opts = UpOptions::new(&manifest)
+        .arg("--variable")
+        .arg("secret_token=x");
+    opts.cache_dir = cache.path().to_path_buf();
+    let second = up(opts);
+    let log = second.stderr();
+    assert!(log.contains("from cache"), "{log}");
+    assert!(!log.contains("compiled in"), "{log}");
+    let r = support::client()
+        .get(format!("{}/hello", second.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_listener_reports_health_readiness_and_metrics() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    let c = support::client();
+    for _ in 0..3 {
+        c.get(format!("{}/hello", s.url)).send().await.unwrap();
+    }
+    let r = c.get(format!("{}/healthz", s.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = c
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"spindle_http_requests_total{component="testbed",route="/...",status="200"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spindle_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"spindle_instantiation_duration_seconds_count{component="testbed"} 3"#),
+        "{metrics}"
+    );
+    let r = c.get(format!("{}/nope", s.admin)).send().await.unwrap();
+    expect_json_error(r, 404).await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_and_oversized_headers_get_json_errors() {
+    let (dir, manifest) = write_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"t\"\n[[trigger.http]]\nroute = \"/hello\"\ncomponent = \"testbed\"\n[component.testbed]\nsource = \"{}\"\n",
+        support::build_components().join("testbed.wasm").display()
+    ));
+    let s = up(UpOptions::new(&manifest));
+    let c = support::client();
+    let r = c.get(format!("{}/hello", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{}/nothing/here", s.url))
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_json_error(r, 404).await;
+    assert!(msg.contains("/nothing/here"), "{msg}");
+    let r = c
+        .get(format!("{}/hello", s.url))
+        .header("x-big", "a".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(r, 431).await;
+    drop(dir);
+}
+
+#[test]
+fn manifest_errors_stop_start_up_with_file_key_and_fix() {
+    let wasm = support::build_components().join("testbed.wasm");
+    let head = "spin_manifest_version = 2\n[application]\nname = \"t\"\n";
+    let cases = [
+        (
+            format!(
+                "{head}[[trigger.http]]\nroute = \"/a\"\ncomponent = \"nope\"\n[component.a]\nsource = \"{}\"\n",
+                wasm.display()
+            ),
+            "trigger.http[0].component",
+            "define [component.nope]",
+        ),
+        (
+            format!("{head}[component.a]\nsource = \"missing.wasm\"\n"),
+            "component.a.source",
+            "point `source` at a built .wasm component",
+        ),
+        (
+            format!(
+                "{head}[[trigger.http]]\nroute = \"a\"\ncomponent = \"a\"\n[component.a]\nsource = \"{}\"\n",
+                wasm.display()
+            ),
+            "trigger.http[0].route",
+            "write an exact path",
+        ),
+        (
+            format!(
+                "{head}[variables]\nsecret = {{ required = true }}\n[component.a]\nsource = \"{}\"\n",
+                wasm.display()
+            ),
+            "variables.secret",
+            "SPIN_VARIABLE_SECRET",
+        ),
+    ];
+    for (text, key, fix) in cases {
+        let (_dir, manifest) = write_manifest(&text);
+        let err = up_fails(UpOptions::new(&manifest));
+        assert!(err.contains("spin.toml"), "no file in: {err}");
+        assert!(err.contains(key), "no key {key} in: {err}");
+        assert!(err.contains(fix), "no fix {fix} in: {err}");
+    }
+    // A file that is not a component is refused with the component named.
+    let (dir, _) = write_manifest("");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let (_d, manifest) = write_manifest(&format!(
+        "{head}[component.a]\nsource = \"{}\"\n",
+        junk.display()
+    ));
+    let err = up_fails(UpOptions::new(&manifest));
+    assert!(
+        err.contains("component `a`") && err.contains("not WebAssembly"),
+        "{err}"
+    );
+}

@@ -1,0 +1,254 @@
+//! Test support: builds the test components once, runs real `spindle up`
+//! processes on free ports, and talks to them over HTTP.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Where `cargo build --target wasm32-wasip2 --release` puts components.
+pub fn wasm_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("wasm32-wasip2").join("release")
+}
+
+/// Builds every component the tests use, once per test process.
+pub fn build_components() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+                "-p",
+                "auth",
+                "-p",
+                "testbed",
+                "-p",
+                "hello-p2",
+            ])
+            .status()
+            .expect("running cargo build for the components");
+        assert!(status.success(), "building the test components failed");
+    });
+    wasm_dir()
+}
+
+/// A running `spindle up`, killed when dropped.
+pub struct Spindle {
+    child: Child,
+    pub url: String,
+    pub admin: String,
+    stderr: Arc<Mutex<String>>,
+    pub state_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Spindle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The compile cache shared by all tests, so each component compiles once.
+pub fn shared_cache_dir() -> PathBuf {
+    wasm_dir().join("spindle-test-cache")
+}
+
+pub struct UpOptions<'a> {
+    pub manifest: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Reuse this state directory instead of a fresh temporary one.
+    pub state_dir: Option<PathBuf>,
+    /// The compile cache (default: one shared by all tests).
+    pub cache_dir: PathBuf,
+}
+
+impl<'a> UpOptions<'a> {
+    pub fn new(manifest: &'a Path) -> Self {
+        UpOptions {
+            manifest,
+            args: Vec::new(),
+            env: Vec::new(),
+            state_dir: None,
+            cache_dir: shared_cache_dir(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+fn up_command(opts: &UpOptions<'_>, state_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
+    cmd.arg("up")
+        .arg("--manifest")
+        .arg(opts.manifest)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--cache-dir")
+        .arg(&opts.cache_dir)
+        .args(&opts.args)
+        .env("SPINDLE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts `spindle up` and waits until it prints its URLs.
+pub fn up(opts: UpOptions<'_>) -> Spindle {
+    let (temp, state_dir) = match &opts.state_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let t = tempfile::tempdir().expect("temp dir");
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let mut child = up_command(&opts, &state_dir)
+        .spawn()
+        .expect("spawning spindle");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    {
+        let stderr = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[spindle] {line}");
+                let mut s = stderr.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[spindle stdout] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while url.is_none() || admin.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(u) = line.strip_prefix("Serving ") {
+                    url = Some(u.trim().to_string());
+                }
+                if let Some(rest) = line.strip_prefix("Admin ") {
+                    admin = rest.split_whitespace().next().map(str::to_string);
+                }
+            }
+            Err(_) => {
+                let status = child.try_wait().ok().flatten();
+                panic!(
+                    "spindle did not start (exit: {status:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+    Spindle {
+        child,
+        url: url.unwrap(),
+        admin: admin.unwrap(),
+        stderr,
+        state_dir,
+        _temp: temp,
+    }
+}
+
+impl Spindle {
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// Runs `spindle up` expecting it to fail at start-up; returns its stderr.
+pub fn up_fails(opts: UpOptions<'_>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = up_command(&opts, dir.path());
+    let output = cmd.output().expect("running spindle");
+    assert!(
+        !output.status.success(),
+        "spindle up should have failed; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Writes a manifest into a fresh temp dir and returns both.
+pub fn write_manifest(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spin.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Asserts the response is JSON `{"error": "..."}` with the given status,
+/// and returns the message.
+pub async fn expect_json_error(resp: reqwest::Response, status: u16) -> String {
+    let got = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.text().await.unwrap();
+    assert_eq!(got, status, "body: {body}");
+    assert!(
+        ct.starts_with("application/json"),
+        "content-type {ct:?}, body {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no \"error\" string in {body}"))
+        .to_string();
+    assert!(!msg.is_empty());
+    msg
+}
