@@ -76,6 +76,12 @@ impl App {
             })
             .with_context(|| manifest.path.display().to_string())?;
         tracing::debug!(?variables, "resolved application variables");
+        for name in variables.secrets_on_default() {
+            tracing::warn!(
+                "secret variable `{name}` is using its manifest default; set SPIN_VARIABLE_{} or pass --variable {name}=... outside local development",
+                name.to_uppercase()
+            );
+        }
         let sql = Arc::new(SqlBackends::new(
             runtime_config.mysql.as_ref().map(|m| m.url.clone()),
             state_dir.join("sql"),

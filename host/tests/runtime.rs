@@ -280,15 +280,15 @@ async fn second_start_uses_the_compile_cache() {
         .arg("secret_token=x");
     opts.cache_dir = cache.path().to_path_buf();
     let first = up(opts);
-    assert!(first.stderr().contains("compiled in"), "{}", first.stderr());
+    assert!(first.log_contains("compiled in"), "{}", first.stderr());
     drop(first);
     let mut opts = UpOptions::new(&manifest)
         .arg("--variable")
         .arg("secret_token=x");
     opts.cache_dir = cache.path().to_path_buf();
     let second = up(opts);
+    assert!(second.log_contains("from cache"), "{}", second.stderr());
     let log = second.stderr();
-    assert!(log.contains("from cache"), "{log}");
     assert!(!log.contains("compiled in"), "{log}");
     let r = support::client()
         .get(format!("{}/hello", second.url))

@@ -57,6 +57,9 @@ pub enum VariableError {
 #[derive(Debug, Default)]
 pub struct AppVariables {
     values: BTreeMap<String, Value>,
+    /// Secret variables left on their manifest default (fine locally, not
+    /// in production).
+    secrets_on_default: Vec<String>,
 }
 
 impl AppVariables {
@@ -78,13 +81,17 @@ impl AppVariables {
             from_flags.insert(k.to_string(), v.to_string());
         }
         let mut values = BTreeMap::new();
+        let mut secrets_on_default = Vec::new();
         for (name, decl) in &manifest.variables {
-            let value = from_flags
+            let provided = from_flags
                 .get(name)
                 .cloned()
                 .or_else(|| env(&format!("SPIN_VARIABLE_{}", name.to_uppercase())))
-                .or_else(|| runtime_values.get(name).cloned())
-                .or_else(|| decl.default.clone());
+                .or_else(|| runtime_values.get(name).cloned());
+            if provided.is_none() && decl.secret && decl.default.is_some() {
+                secrets_on_default.push(name.clone());
+            }
+            let value = provided.or_else(|| decl.default.clone());
             match value {
                 Some(value) => {
                     values.insert(
@@ -99,7 +106,14 @@ impl AppVariables {
                 None => {}
             }
         }
-        Ok(AppVariables { values })
+        Ok(AppVariables {
+            values,
+            secrets_on_default,
+        })
+    }
+
+    pub fn secrets_on_default(&self) -> &[String] {
+        &self.secrets_on_default
     }
 
     /// Renders a component's variable templates. Templates were checked when

@@ -1,0 +1,198 @@
+//! Spindle's auth function: account signup, password login that hands out an
+//! HS256 JWT, and validation of those tokens.
+//!
+//! One component serves all three routes so they share a secret, a user
+//! table and one set of error conventions:
+//!
+//! - `POST /signup` with `{"email", "password"}` → `201 {"email"}`
+//! - `POST /login` with `Authorization: Basic` → `200` and the JWT as text
+//! - `POST /validate` with `Authorization: Bearer` → `200` and the claims
+//!
+//! Every failure is `{"error": "..."}` as JSON. Bad client input is always a
+//! 4xx; 5xx is reserved for configuration and storage problems.
+
+mod config;
+mod email;
+mod http_util;
+mod jwt;
+mod password;
+mod users;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use spin_sdk::http::{Method, Request, StatusCode};
+use spin_sdk::http_service;
+
+use http_util::{ApiError, HttpResponse};
+use users::{StoreError, UserStore};
+
+/// `WWW-Authenticate` challenges sent with 401s, telling clients which
+/// scheme each route expects.
+const BASIC_CHALLENGE: &str = r#"Basic realm="spindle", charset="UTF-8""#;
+const BEARER_CHALLENGE: &str = r#"Bearer realm="spindle""#;
+
+#[http_service]
+async fn handle(req: Request) -> HttpResponse {
+    route(req).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(req: Request) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path();
+    let handler = match path {
+        "/signup" => Route::Signup,
+        "/login" => Route::Login,
+        "/validate" => Route::Validate,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no route for {path}; this function serves /signup, /login and /validate"),
+            ));
+        }
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} only accepts POST, not {}", req.method()),
+        )
+        .with_header("allow", "POST"));
+    }
+    match handler {
+        Route::Signup => signup(req).await,
+        Route::Login => login(req).await,
+        Route::Validate => validate(req).await,
+    }
+}
+
+enum Route {
+    Signup,
+    Login,
+    Validate,
+}
+
+#[derive(Deserialize)]
+struct SignupRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct SignupResponse<'a> {
+    email: &'a str,
+}
+
+async fn signup(req: Request) -> Result<HttpResponse, ApiError> {
+    if !config::signup_enabled().await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signups are disabled on this server",
+        ));
+    }
+    let body = http_util::read_body(req).await?;
+    let request: SignupRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            r#"the body must be JSON like {{"email": "...", "password": "..."}}: {e}"#
+        ))
+    })?;
+    let email =
+        email::normalize(&request.email).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !password::meets_policy(&request.password) {
+        return Err(ApiError::bad_request(format!(
+            "password must be at least {} characters long",
+            password::MIN_PASSWORD_CHARS
+        )));
+    }
+
+    let store = UserStore::open().await?;
+    // Checked before hashing so a taken email costs no Argon2 work; the
+    // unique constraint still catches a concurrent signup (see `insert`).
+    if store.password_hash(email).await?.is_some() {
+        return Err(StoreError::Duplicate.into());
+    }
+    let hash = password::hash(&request.password)?;
+    store.insert(email, hash).await?;
+    Ok(http_util::json(
+        StatusCode::CREATED,
+        &SignupResponse { email },
+    ))
+}
+
+async fn login(req: Request) -> Result<HttpResponse, ApiError> {
+    let credentials = http_util::basic_credentials(req.headers())
+        .map_err(|e| ApiError::unauthorized(BASIC_CHALLENGE, e.to_string()))?;
+    let secret = config::jwt_secret().await?;
+
+    // Same normalisation as signup, so the stored form is what we look up.
+    // An address signup would have refused cannot have an account, and is
+    // kept away from the database, which might not be able to compare it.
+    let account = match email::normalize(&credentials.email) {
+        Ok(email) => UserStore::open()
+            .await?
+            .password_hash(email)
+            .await?
+            .map(|stored| (email, stored)),
+        Err(_) => None,
+    };
+    let verified = match account {
+        Some((email, stored)) => password::verify(&credentials.password, &stored)?.then_some(email),
+        None => {
+            password::verify_unknown_user(&credentials.password)?;
+            None
+        }
+    };
+    let Some(email) = verified else {
+        // One message for every failure, so the answer does not reveal which
+        // emails have accounts.
+        return Err(ApiError::unauthorized(
+            BASIC_CHALLENGE,
+            "invalid email or password",
+        ));
+    };
+
+    let claims = jwt::Claims::new(
+        email.to_owned(),
+        config::is_admin(email).await?,
+        now_seconds()?,
+        config::jwt_ttl_seconds().await?,
+    );
+    let token = jwt::sign(&claims, &secret)
+        .map_err(|e| ApiError::internal(format!("could not sign the token: {e}")))?;
+    Ok(http_util::text(StatusCode::OK, token))
+}
+
+async fn validate(req: Request) -> Result<HttpResponse, ApiError> {
+    let token = http_util::bearer_token(req.headers())
+        .map_err(|e| ApiError::unauthorized(BEARER_CHALLENGE, e.to_string()))?;
+    let secret = config::jwt_secret().await?;
+    let claims = jwt::verify(token, &secret)
+        .map_err(|e| ApiError::unauthorized(BEARER_CHALLENGE, e.to_string()))?;
+    Ok(http_util::json(StatusCode::OK, &claims))
+}
+
+/// Seconds since the Unix epoch, for `iat`/`exp`.
+fn now_seconds() -> Result<u64, ApiError> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .map_err(|_| ApiError::internal("the host clock is set before 1970"))
+}
+
+/// Hashing failures are never the client's fault.
+impl From<password::PasswordError> for ApiError {
+    fn from(e: password::PasswordError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// Outages are 503 so callers know to retry; a taken email is the client's
+/// conflict, not a server fault.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Query { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Duplicate => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}

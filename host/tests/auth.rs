@@ -1,0 +1,413 @@
+//! The auth function over HTTP, through the repo's own `spin.toml`, on the
+//! embedded SQL engine and on a real MariaDB (`SPINDLE_TEST_MYSQL_URL`).
+
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::{Sha256, Sha512};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+use support::{Spindle, UpOptions, expect_json_error, up};
+
+const SECRET: &str = "test-secret-for-auth-tests";
+
+fn repo_manifest() -> PathBuf {
+    support::build_components();
+    support::workspace_root().join("spin.toml")
+}
+
+fn start(runtime_config: Option<&str>, vars: &[&str]) -> (Spindle, Option<tempfile::TempDir>) {
+    let manifest = repo_manifest();
+    let mut opts = UpOptions::new(&manifest);
+    let mut keep = None;
+    if let Some(rc) = runtime_config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.toml");
+        std::fs::write(&path, rc).unwrap();
+        opts = opts
+            .arg("--runtime-config-file")
+            .arg(path.display().to_string());
+        keep = Some(dir);
+    }
+    opts = opts.arg("--variable").arg(format!("jwt_secret={SECRET}"));
+    for v in vars {
+        opts = opts.arg("--variable").arg(*v);
+    }
+    (up(opts), keep)
+}
+
+fn unique_email(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{nanos}@example.com")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// Signs a token by hand so tests can make the ones the function must refuse.
+fn sign(header: &Value, claims: &Value, secret: &str, alg: &str) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{h}.{c}");
+    let sig = match alg {
+        "HS256" => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(input.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        "HS512" => {
+            let mut mac = Hmac::<Sha512>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(input.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        _ => Vec::new(),
+    };
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+struct Api<'a> {
+    s: &'a Spindle,
+    c: reqwest::Client,
+}
+
+impl Api<'_> {
+    async fn signup(&self, email: &str, password: &str) -> reqwest::Response {
+        self.c
+            .post(format!("{}/signup", self.s.url))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn login(&self, auth: Option<&str>) -> reqwest::Response {
+        let mut req = self.c.post(format!("{}/login", self.s.url));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn validate(&self, auth: Option<&str>) -> reqwest::Response {
+        let mut req = self.c.post(format!("{}/validate", self.s.url));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn token(&self, email: &str, password: &str) -> String {
+        let r = self.login(Some(&basic(email, password))).await;
+        assert_eq!(r.status(), 200);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/plain"), "{ct}");
+        r.text().await.unwrap()
+    }
+}
+
+/// Signup, login and validate as DESIGN.md fixes them.
+async fn flows(s: &Spindle) -> String {
+    let api = Api {
+        s,
+        c: support::client(),
+    };
+    let email = unique_email("flow");
+    let r = api.signup(&email, "correct horse").await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["email"], email);
+    let msg = expect_json_error(api.signup(&email, "correct horse").await, 409).await;
+    assert!(msg.contains("already"), "{msg}");
+
+    let token = api.token(&email, "correct horse").await;
+    let r = api.validate(Some(&format!("Bearer {token}"))).await;
+    assert_eq!(r.status(), 200);
+    let claims: Value = r.json().await.unwrap();
+    assert_eq!(claims["username"], email);
+    assert_eq!(claims["admin"], false);
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
+    assert_eq!(exp - iat, 86400);
+    assert!(iat.abs_diff(now()) < 60);
+
+    // Wrong password and unknown user look the same from outside.
+    expect_json_error(api.login(Some(&basic(&email, "wrong horse"))).await, 401).await;
+    expect_json_error(
+        api.login(Some(&basic(&unique_email("nobody"), "correct horse")))
+            .await,
+        401,
+    )
+    .await;
+    email
+}
+
+/// Bad input of every kind gets its documented status and a JSON error.
+async fn bad_input(s: &Spindle, existing: &str) {
+    let api = Api {
+        s,
+        c: support::client(),
+    };
+    // Signup validation.
+    expect_json_error(api.signup("not-an-email", "long enough").await, 400).await;
+    expect_json_error(api.signup(&unique_email("short"), "short").await, 400).await;
+    let r = api
+        .c
+        .post(format!("{}/signup", s.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(r, 400).await;
+
+    // SQL injection as email and password: refused or stored literally.
+    expect_json_error(api.signup("' OR '1'='1", "long enough").await, 400).await;
+    expect_json_error(api.login(Some(&basic("' OR '1'='1' --", "x"))).await, 401).await;
+    expect_json_error(api.login(Some(&basic(existing, "' OR '1'='1"))).await, 401).await;
+    let quoted = format!("o'brien-{}", unique_email("q"));
+    let evil_password = "'); DROP TABLE user; --";
+    assert_eq!(api.signup(&quoted, evil_password).await.status(), 201);
+    let token = api.token(&quoted, evil_password).await;
+    assert_eq!(
+        api.validate(Some(&format!("Bearer {token}")))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["username"],
+        quoted
+    );
+    // The table survived the "DROP TABLE".
+    api.token(existing, "correct horse").await;
+
+    // Basic headers: missing, wrong scheme, garbled, non-UTF-8, no colon.
+    expect_json_error(api.login(None).await, 401).await;
+    expect_json_error(api.login(Some("Bearer abc")).await, 401).await;
+    expect_json_error(api.login(Some("Basic !!!not-base64!!!")).await, 401).await;
+    let non_utf8 = format!("Basic {}", STANDARD.encode([0xff, 0xfe, b':', 0xc3, 0x28]));
+    expect_json_error(api.login(Some(&non_utf8)).await, 401).await;
+    let no_colon = format!("Basic {}", STANDARD.encode("no-colon-here"));
+    expect_json_error(api.login(Some(&no_colon)).await, 401).await;
+
+    // Tokens the function must refuse.
+    let good = api.token(existing, "correct horse").await;
+    let claims = json!({ "username": existing, "iat": now(), "exp": now() + 600, "admin": true });
+    let hs256 = json!({ "alg": "HS256", "typ": "JWT" });
+    let cases = [
+        (
+            "alg none",
+            sign(
+                &json!({ "alg": "none", "typ": "JWT" }),
+                &claims,
+                SECRET,
+                "none",
+            ),
+        ),
+        (
+            "other algorithm",
+            sign(
+                &json!({ "alg": "HS512", "typ": "JWT" }),
+                &claims,
+                SECRET,
+                "HS512",
+            ),
+        ),
+        (
+            "foreign key",
+            sign(&hs256, &claims, "someone-elses-secret", "HS256"),
+        ),
+        (
+            "expired",
+            sign(
+                &hs256,
+                &json!({ "username": existing, "iat": now() - 7200, "exp": now() - 3600, "admin": false }),
+                SECRET,
+                "HS256",
+            ),
+        ),
+        ("tampered payload", {
+            let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+            parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+            parts.join(".")
+        }),
+        ("truncated", good[..good.len() - 10].to_string()),
+        ("garbage", "not.a.jwt".to_string()),
+    ];
+    for (what, token) in cases {
+        let r = api.validate(Some(&format!("Bearer {token}"))).await;
+        let status = r.status();
+        assert_eq!(status, 401, "{what} got {status}");
+        expect_json_error(r, 401).await;
+    }
+    // Control: a correctly signed token is accepted.
+    let ok = sign(
+        &hs256,
+        &json!({ "username": existing, "iat": now(), "exp": now() + 600, "admin": false }),
+        SECRET,
+        "HS256",
+    );
+    assert_eq!(
+        api.validate(Some(&format!("Bearer {ok}"))).await.status(),
+        200
+    );
+    expect_json_error(api.validate(None).await, 401).await;
+    expect_json_error(
+        api.validate(Some(&basic(existing, "correct horse"))).await,
+        401,
+    )
+    .await;
+
+    // Host-level bad input.
+    let r = api
+        .c
+        .post(format!("{}/login", s.url))
+        .header("x-huge", "h".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(r, 431).await;
+    let r = api.c.get(format!("{}/nope", s.url)).send().await.unwrap();
+    expect_json_error(r, 404).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_on_the_embedded_backend() {
+    let (s, _rc) = start(None, &[]);
+    let email = flows(&s).await;
+    bad_input(&s, &email).await;
+
+    // Passwords are stored as Argon2id PHC strings, never as given.
+    let db = rusqlite::Connection::open(s.state_dir.join("sql").join("default.sqlite")).unwrap();
+    let stored: String = db
+        .query_row("SELECT password FROM user WHERE email = ?", [&email], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains("correct horse"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_on_mariadb() {
+    let Ok(url) = std::env::var("SPINDLE_TEST_MYSQL_URL") else {
+        eprintln!("SPINDLE_TEST_MYSQL_URL is not set: the MariaDB auth test did not run");
+        return;
+    };
+    create_database(&url).await;
+    let (s, _rc) = start(Some(&format!("[mysql]\nurl = \"{url}\"\n")), &[]);
+    assert!(s.log_contains("MySQL server"), "{}", s.stderr());
+    let email = flows(&s).await;
+    bad_input(&s, &email).await;
+
+    use mysql_async::prelude::Queryable;
+    let pool = mysql_async::Pool::new(url.as_str());
+    let mut conn = pool.get_conn().await.unwrap();
+    let stored: Option<String> = conn
+        .exec_first("SELECT password FROM user WHERE email = ?", (email,))
+        .await
+        .unwrap();
+    let stored = stored.expect("the user row is in MariaDB");
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    drop(conn);
+    pool.disconnect().await.unwrap();
+
+    // Readiness reflects the server.
+    let r = support::client()
+        .get(format!("{}/readyz", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Creates the database named in `url` if the server does not have it.
+async fn create_database(url: &str) {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let db = opts
+        .db_name()
+        .expect("the test URL names a database")
+        .to_string();
+    let server = mysql_async::OptsBuilder::from_opts(opts).db_name(None::<String>);
+    let pool = mysql_async::Pool::new(server);
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+        .await
+        .unwrap();
+    drop(conn);
+    pool.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_switch_signup_admin_and_ttl() {
+    let (s, _rc) = start(
+        None,
+        &[
+            "signup_enabled=false",
+            "jwt_ttl_seconds=120",
+            "admin_emails=boss@example.com",
+        ],
+    );
+    let api = Api {
+        s: &s,
+        c: support::client(),
+    };
+    let msg = expect_json_error(api.signup("boss@example.com", "long enough").await, 403).await;
+    assert!(msg.contains("disabled"), "{msg}");
+    drop(s);
+
+    let (s, _rc) = start(
+        None,
+        &["jwt_ttl_seconds=120", "admin_emails=boss@example.com"],
+    );
+    let api = Api {
+        s: &s,
+        c: support::client(),
+    };
+    assert_eq!(
+        api.signup("boss@example.com", "long enough").await.status(),
+        201
+    );
+    let token = api.token("boss@example.com", "long enough").await;
+    let claims: Value = api
+        .validate(Some(&format!("Bearer {token}")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(claims["admin"], true);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120
+    );
+    // The secret was given, so no default-secret warning.
+    assert!(
+        !s.stderr().contains("using its manifest default"),
+        "{}",
+        s.stderr()
+    );
+}
+
+#[test]
+fn default_secret_is_warned_about() {
+    let manifest = repo_manifest();
+    let s = up(UpOptions::new(&manifest));
+    assert!(
+        s.log_contains("secret variable `jwt_secret` is using its manifest default"),
+        "{}",
+        s.stderr()
+    );
+}
