@@ -66,6 +66,12 @@ async fn serves_both_wasi_http_generations_and_variables() {
     assert_eq!(p3.status(), 200);
     assert_eq!(p3.text().await.unwrap(), "hello from wasi:http@0.3");
 
+    // Every request gets a fresh instance: no state survives between them.
+    for _ in 0..5 {
+        let n = c.get(format!("{}/count", s.url)).send().await.unwrap();
+        assert_eq!(n.text().await.unwrap(), "1");
+    }
+
     let p2 = c.get(format!("{}/p2/hello", s.url)).send().await.unwrap();
     assert_eq!(p2.status(), 200);
     assert_eq!(p2.text().await.unwrap(), "hello from wasi:http@0.2");
@@ -420,4 +426,78 @@ fn manifest_errors_stop_start_up_with_file_key_and_fix() {
         err.contains("component `a`") && err.contains("not WebAssembly"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_backends() {
+    // A MySQL server that is not there: the host serves, but is not ready.
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, "[mysql]\nurl = \"mysql://root@127.0.0.1:1/none\"\n").unwrap();
+    let s = up(UpOptions::new(&manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string())
+        .arg("--variable")
+        .arg("secret_token=x"));
+    let c = support::client();
+    let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
+    let msg = expect_json_error(r, 503).await;
+    assert!(msg.contains("MySQL"), "{msg}");
+    let r = c.get(format!("{}/healthz", s.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn build_runs_component_build_commands() {
+    let wasm = support::build_components().join("testbed.wasm");
+    let (dir, manifest) = write_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"t\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"out/a.wasm\"\n[component.a.build]\ncommand = \"mkdir -p out && cp {} out/a.wasm\"\n",
+        wasm.display()
+    ));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["build", "--manifest"])
+        .arg(&manifest)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(dir.path().join("out/a.wasm").is_file());
+
+    // An unknown component is named in the error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["build", "--manifest"])
+        .arg(&manifest)
+        .arg("nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no component `nope`"));
+
+    // A failing build command stops with the component named.
+    let (_d, failing) = write_manifest(
+        "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.a]\nsource = \"a.wasm\"\n[component.a.build]\ncommand = \"exit 3\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["build", "--manifest"])
+        .arg(&failing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("component `a`: build command"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_build_builds_before_serving() {
+    let wasm = support::build_components().join("testbed.wasm");
+    let (dir, manifest) = write_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"t\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"out/a.wasm\"\n[component.a.build]\ncommand = \"mkdir -p out && cp {} out/a.wasm\"\n",
+        wasm.display()
+    ));
+    let s = up(UpOptions::new(&manifest).arg("--build"));
+    let r = support::client()
+        .get(format!("{}/hello", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(dir);
 }

@@ -4,6 +4,11 @@
 
 use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body};
 use spin_sdk::http_service;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Requests this instance has seen: 1 on every request when the host gives
+/// each request a fresh instance.
+static SEEN: AtomicU32 = AtomicU32::new(0);
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<BoxBody> {
     let mut resp = Response::new(box_body(FullBody::new(bytes::Bytes::from(body.into()))));
@@ -23,6 +28,10 @@ async fn handle(req: Request) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     match path.as_str() {
         "/hello" => text(StatusCode::OK, "hello from wasi:http@0.3"),
+        "/count" => text(
+            StatusCode::OK,
+            (SEEN.fetch_add(1, Ordering::Relaxed) + 1).to_string(),
+        ),
         // Streams the request body straight back, chunk by chunk.
         "/echo" => Response::new(box_body(req.into_body())),
         "/outbound" => {
