@@ -1,6 +1,7 @@
 //! The running application: the manifest, every component compiled and
 //! linked with its grants, the HTTP routes, and the shared backends.
 
+use crate::capabilities::blobs::{BlobStore, BlobsState};
 use crate::capabilities::mysql::{MysqlState, SqlBackends};
 use crate::capabilities::outbound_http::{
     AllowList, InternalDispatch, InternalRouter, OutboundHttp,
@@ -34,6 +35,8 @@ pub struct AppConfig {
     pub cache_dir: PathBuf,
     /// The address the HTTP trigger listens on (for `spin-full-url`).
     pub listen_addr: SocketAddr,
+    /// The blob store (connected beforehand: the driver is async).
+    pub blobs: BlobStore,
 }
 
 /// What loading one component found, for the start-up summary.
@@ -50,6 +53,7 @@ pub struct App {
     info: Vec<ComponentInfo>,
     metrics: Arc<Metrics>,
     sql: Arc<SqlBackends>,
+    blobs: BlobStore,
     listen_addr: SocketAddr,
     // Dropped last: instances must be gone before the engine's ticker stops.
     _runtime: Runtime,
@@ -66,6 +70,7 @@ impl App {
             state_dir,
             cache_dir,
             listen_addr,
+            blobs,
         } = config;
         let runtime = Runtime::new(runtime_config.limits.clone())?;
         let cache = CompileCache::new(runtime.engine(), &cache_dir)?;
@@ -98,6 +103,7 @@ impl App {
                 outbound: OutboundHttp::new(id, allowed.clone(), internal.clone()),
                 variables: variables.for_component(&component.variables),
                 mysql: MysqlState::new(id, sql.clone(), &component.mysql_databases, allowed),
+                blobs: BlobsState::new(id, blobs.clone(), &component.blob_buckets),
             };
             let linked = LinkedComponent::load(
                 runtime.engine(),
@@ -141,6 +147,7 @@ impl App {
             info,
             metrics,
             sql,
+            blobs,
             listen_addr,
             _runtime: runtime,
         });
@@ -169,6 +176,10 @@ impl App {
         &self.sql
     }
 
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
     /// Invokes HTTP component `id` with `request`.
     pub async fn invoke(
         &self,
@@ -191,7 +202,11 @@ impl App {
         tokio::time::timeout(Duration::from_secs(2), self.sql.ping())
             .await
             .context("the MySQL server did not answer within 2s")?
-            .context("the MySQL server is not answering")
+            .context("the MySQL server is not answering")?;
+        tokio::time::timeout(Duration::from_secs(2), self.blobs.ping())
+            .await
+            .context("the blob store did not answer within 2s")?
+            .context("the blob store is not answering")
     }
 }
 

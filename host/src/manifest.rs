@@ -93,6 +93,9 @@ pub struct Component {
     /// `spin:mysql` databases this component may open by label.
     #[serde(default)]
     pub mysql_databases: Vec<String>,
+    /// `spindle:blobs` buckets this component may use.
+    #[serde(default)]
+    pub blob_buckets: Vec<String>,
     /// Component variables: values are templates over application variables.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
@@ -250,6 +253,15 @@ impl Manifest {
                         ));
                     }
                 }
+            }
+            for (i, bucket) in component.blob_buckets.iter().enumerate() {
+                crate::capabilities::blobs::check_bucket(bucket).map_err(|e| {
+                    err(
+                        format!("component.{id}.blob_buckets[{i}]"),
+                        format!("{e:?}"),
+                        "name buckets with letters, digits, - and _".into(),
+                    )
+                })?;
             }
             for (i, host) in component.allowed_outbound_hosts.iter().enumerate() {
                 crate::capabilities::outbound_http::AllowedHost::parse(host).map_err(|p| {

@@ -16,10 +16,11 @@ pub struct RuntimeConfig {
     /// embedded SQL engine.
     #[serde(default)]
     pub mysql: Option<UrlConfig>,
-    /// Blob, queue and mail backends: accepted so a full config loads, used
-    /// once those capabilities exist.
+    /// `spindle:blobs`: MongoDB GridFS instead of files in the state directory.
     #[serde(default)]
-    pub gridfs: Option<toml::Table>,
+    pub gridfs: Option<UrlConfig>,
+    /// Queue and mail backends: accepted so a full config loads, used once
+    /// those capabilities are wired in.
     #[serde(default)]
     pub amqp: Option<toml::Table>,
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! routes, serve until Ctrl-C, then drain.
 
 use crate::app::{App, AppConfig};
+use crate::capabilities::blobs::BlobStore;
 use crate::cli::UpArgs;
 use crate::manifest::{Manifest, RoutePattern};
 use crate::runtime::cache::CacheOutcome;
@@ -26,11 +27,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
     };
-    let runtime_sections = (
-        runtime_config.gridfs.is_some(),
-        runtime_config.amqp.is_some(),
-        runtime_config.smtp.is_some(),
-    );
+    let runtime_sections = (runtime_config.amqp.is_some(), runtime_config.smtp.is_some());
+    let blobs = BlobStore::connect(
+        runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
+        &args.state_dir,
+    )
+    .await?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
 
@@ -58,6 +60,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .unwrap_or_else(|| args.state_dir.join("cache")),
         state_dir: args.state_dir.clone(),
         listen_addr,
+        blobs,
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
 
@@ -74,11 +77,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
     }
     tracing::info!("spin:mysql `default`: {}", app.sql().describe());
-    for (section, configured) in [
-        ("gridfs", runtime_sections.0),
-        ("amqp", runtime_sections.1),
-        ("smtp", runtime_sections.2),
-    ] {
+    tracing::info!("spindle:blobs: {}", app.blobs().describe());
+    for (section, configured) in [("amqp", runtime_sections.0), ("smtp", runtime_sections.1)] {
         if configured {
             tracing::warn!(
                 "runtime config [{section}] is accepted but this version has no capability that uses it"

@@ -30,6 +30,7 @@ component = "hidden"
 [component.testbed]
 source = "{tb}"
 allowed_outbound_hosts = ["http://hello-p2.spin.internal", "http://hidden.spin.internal"{extra_allowed}]
+blob_buckets = ["videos"]
 [component.testbed.variables]
 greeting = "{{{{ greeting }}}}, world"
 token = "{{{{ secret_token }}}}"
@@ -500,4 +501,84 @@ async fn up_build_builds_before_serving() {
         .unwrap();
     assert_eq!(r.status(), 200);
     drop(dir);
+}
+
+/// Streams a body into the blob store through a component and reads it
+/// back; a bucket outside the component's grants is refused.
+async fn blobs_through_a_component(s: &Spindle) {
+    let c = support::client();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let r = c
+        .post(format!("{}/blob/videos", s.url))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.text().await.unwrap();
+    assert_eq!(id.len(), 24, "{id}");
+    let r = c
+        .get(format!("{}/blob/videos/{id}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == data, "the stored bytes differ");
+
+    for attempt in [
+        c.post(format!("{}/blob/mp3s", s.url)).body("x"),
+        c.get(format!("{}/blob/mp3s/{id}", s.url)),
+    ] {
+        let r = attempt.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let msg = r.text().await.unwrap();
+        assert!(
+            msg.contains("PermissionDenied") && msg.contains("blob_buckets"),
+            "{msg}"
+        );
+    }
+    let r = c
+        .get(format!("{}/blob/videos/not-an-id", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let missing = "0123456789abcdef01234567";
+    let r = c
+        .get(format!("{}/blob/videos/{missing}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_on_the_embedded_backend() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest);
+    blobs_through_a_component(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_on_gridfs() {
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, format!("{LIMITS}[gridfs]\nurl = \"{url}\"\n")).unwrap();
+    let s = up(UpOptions::new(&manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string())
+        .arg("--variable")
+        .arg("secret_token=x"));
+    assert!(s.log_contains("GridFS at"), "{}", s.stderr());
+    blobs_through_a_component(&s).await;
+    let r = support::client()
+        .get(format!("{}/readyz", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

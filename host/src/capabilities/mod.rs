@@ -2,6 +2,8 @@
 //! with its WIT, its host implementation and its backends; what a component
 //! may use is granted by its `spin.toml` entry.
 
+pub mod blobs;
 pub mod mysql;
 pub mod outbound_http;
+pub mod streams;
 pub mod variables;

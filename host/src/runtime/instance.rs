@@ -2,6 +2,7 @@
 //! contexts, the capabilities the component was granted, and the limiter
 //! and deadline that bound a single invocation.
 
+use crate::capabilities::blobs::BlobsState;
 use crate::capabilities::mysql::{MysqlState, MysqlView};
 use crate::capabilities::outbound_http::OutboundHttp;
 use crate::capabilities::variables::ComponentVariables;
@@ -100,6 +101,7 @@ pub struct InstanceState {
     outbound: OutboundHttp,
     pub variables: ComponentVariables,
     pub mysql: MysqlState,
+    pub blobs: BlobsState,
     limiter: MemoryLimiter,
     invocation: Arc<Invocation>,
 }
@@ -110,6 +112,7 @@ pub struct Grants {
     pub outbound: OutboundHttp,
     pub variables: ComponentVariables,
     pub mysql: MysqlState,
+    pub blobs: BlobsState,
 }
 
 impl InstanceState {
@@ -124,6 +127,7 @@ impl InstanceState {
             outbound: grants.outbound.clone(),
             variables: grants.variables.clone(),
             mysql: grants.mysql.clone(),
+            blobs: grants.blobs.clone(),
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 used: 0,

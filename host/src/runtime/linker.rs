@@ -3,7 +3,7 @@
 //! actually do with a capability is decided by its grants at call time.
 
 use super::instance::InstanceState;
-use crate::capabilities::{mysql, variables};
+use crate::capabilities::{blobs, mysql, variables};
 use anyhow::Result;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -16,5 +16,6 @@ pub fn build(engine: &Engine) -> Result<Linker<InstanceState>> {
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     variables::add_to_linker(&mut linker, |s| &s.variables)?;
     mysql::add_to_linker(&mut linker, InstanceState::mysql_view)?;
+    blobs::add_to_linker(&mut linker, |s| &s.blobs)?;
     Ok(linker)
 }

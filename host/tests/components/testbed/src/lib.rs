@@ -6,6 +6,66 @@ use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body}
 use spin_sdk::http_service;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod blobs {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../../src/capabilities/blobs/wit",
+        world: "spindle:blobs/blobs-client",
+        generate_all,
+    });
+}
+
+use blobs::spindle::blobs::store;
+
+fn blob_error(e: store::Error) -> Response<BoxBody> {
+    let status = match &e {
+        store::Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        store::Error::NotFound(_) => StatusCode::NOT_FOUND,
+        store::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, format!("{e:?}"))
+}
+
+/// `POST /blob/BUCKET` stores the body (streamed); `GET /blob/BUCKET/ID`
+/// returns the file.
+async fn blob(req: Request, rest: &str) -> Response<BoxBody> {
+    use http_body_util::BodyExt;
+    let (bucket, id) = rest.split_once('/').unwrap_or((rest, ""));
+    if id.is_empty() {
+        let (mut tx, rx) = blobs::wit_stream::new::<u8>();
+        let mut body = req.into_body();
+        spin_sdk::wit_bindgen::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && !tx.write_all(data.to_vec()).await.is_empty()
+                {
+                    return;
+                }
+            }
+        });
+        let file = store::NewFile {
+            filename: "upload.bin".into(),
+            content_type: Some("application/octet-stream".into()),
+            metadata: vec![("owner".into(), "testbed".into())],
+        };
+        return match store::create(bucket.to_string(), file, rx).await {
+            Ok(info) => text(StatusCode::CREATED, info.id),
+            Err(e) => blob_error(e),
+        };
+    }
+    match store::read(bucket.to_string(), id.to_string(), 0, None).await {
+        Ok((_info, data, done)) => {
+            let bytes = data.collect().await;
+            match done.await {
+                Ok(()) => Response::new(box_body(FullBody::new(bytes::Bytes::from(bytes)))),
+                Err(e) => blob_error(e),
+            }
+        }
+        Err(e) => blob_error(e),
+    }
+}
+
 /// Requests this instance has seen: 1 on every request when the host gives
 /// each request a fresh instance.
 static SEEN: AtomicU32 = AtomicU32::new(0);
@@ -68,6 +128,10 @@ async fn handle(req: Request) -> Response<BoxBody> {
                 hoard.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hoard);
             }
+        }
+        p if p.starts_with("/blob/") => {
+            let rest = p["/blob/".len()..].to_string();
+            blob(req, &rest).await
         }
         p if p.starts_with("/var/") => match spin_sdk::variables::get(&p[5..]).await {
             Ok(v) => text(StatusCode::OK, v),

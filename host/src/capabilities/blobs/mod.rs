@@ -1,0 +1,346 @@
+//! `spindle:blobs/store`: files in named buckets, streamed in and out.
+//!
+//! Backends, chosen by the runtime config: MongoDB GridFS through the
+//! official `mongodb` driver (`[gridfs] url`; each bucket is a database with
+//! the standard `fs` GridFS bucket, as the original application used), or
+//! files under `<state-dir>/blobs/` when no server is configured. Data moves
+//! through bounded channels chunk by chunk, never as a whole file.
+
+mod files;
+mod gridfs;
+
+use crate::capabilities::streams::{ChannelConsumer, ChannelProducer};
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "src/capabilities/blobs/wit",
+        world: "spindle:blobs/blobs-client",
+        imports: { default: trappable },
+    });
+}
+
+use bindings::spindle::blobs::store as wit;
+pub use wit::{Error, FileInfo, NewFile};
+
+/// Chunks read from a backend, with an error ending the stream early.
+pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, Error>>;
+
+/// Where blobs live.
+#[derive(Clone)]
+pub enum BlobStore {
+    GridFs(Arc<gridfs::GridFs>),
+    Files(Arc<files::Files>),
+}
+
+impl BlobStore {
+    /// GridFS when `url` is given, else files under `state_dir/blobs`.
+    pub async fn connect(url: Option<&str>, state_dir: &Path) -> anyhow::Result<Self> {
+        Ok(match url {
+            Some(url) => BlobStore::GridFs(Arc::new(gridfs::GridFs::connect(url).await?)),
+            None => BlobStore::Files(Arc::new(files::Files::new(&state_dir.join("blobs"))?)),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            BlobStore::GridFs(g) => g.describe(),
+            BlobStore::Files(f) => f.describe(),
+        }
+    }
+
+    /// Checks that the backend answers (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            BlobStore::GridFs(g) => g.ping().await,
+            BlobStore::Files(f) => f.ping(),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        bucket: &str,
+        file: NewFile,
+        data: mpsc::Receiver<Bytes>,
+    ) -> Result<FileInfo, Error> {
+        check_bucket(bucket)?;
+        check_metadata(&file.metadata)?;
+        match self {
+            BlobStore::GridFs(g) => g.create(bucket, file, data).await,
+            BlobStore::Files(f) => f.create(bucket, file, data).await,
+        }
+    }
+
+    pub async fn stat(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
+        check_bucket(bucket)?;
+        let id = parse_id(id)?;
+        match self {
+            BlobStore::GridFs(g) => g.stat(bucket, id).await,
+            BlobStore::Files(f) => f.stat(bucket, id).await,
+        }
+    }
+
+    /// The file's description and its bytes from `offset`, at most `length`.
+    pub async fn read(
+        &self,
+        bucket: &str,
+        id: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(FileInfo, ChunkReceiver), Error> {
+        check_bucket(bucket)?;
+        let id = parse_id(id)?;
+        match self {
+            BlobStore::GridFs(g) => g.read(bucket, id, offset, length).await,
+            BlobStore::Files(f) => f.read(bucket, id, offset, length).await,
+        }
+    }
+
+    pub async fn update_metadata(
+        &self,
+        bucket: &str,
+        id: &str,
+        set: Vec<(String, String)>,
+    ) -> Result<FileInfo, Error> {
+        check_bucket(bucket)?;
+        check_metadata(&set)?;
+        let id = parse_id(id)?;
+        match self {
+            BlobStore::GridFs(g) => g.update_metadata(bucket, id, set).await,
+            BlobStore::Files(f) => f.update_metadata(bucket, id, set).await,
+        }
+    }
+
+    pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        match self {
+            BlobStore::GridFs(g) => g.find(bucket, key, value).await,
+            BlobStore::Files(f) => f.find(bucket, key, value).await,
+        }
+    }
+
+    pub async fn delete(&self, bucket: &str, id: &str) -> Result<(), Error> {
+        check_bucket(bucket)?;
+        let id = parse_id(id)?;
+        match self {
+            BlobStore::GridFs(g) => g.delete(bucket, id).await,
+            BlobStore::Files(f) => f.delete(bucket, id).await,
+        }
+    }
+}
+
+type ObjectId = mongodb::bson::oid::ObjectId;
+
+/// File ids are ObjectIds on every backend, so ids move between them.
+fn parse_id(id: &str) -> Result<ObjectId, Error> {
+    ObjectId::parse_str(id)
+        .map_err(|_| Error::Invalid(format!("`{id}` is not a file id (24 hex digits)")))
+}
+
+/// Bucket names are also MongoDB database names and directory names.
+pub fn check_bucket(bucket: &str) -> Result<(), Error> {
+    let ok = !bucket.is_empty()
+        && bucket.len() <= 63
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "`{bucket}` is not a bucket name (letters, digits, - and _, at most 63)"
+        )))
+    }
+}
+
+/// Metadata keys become MongoDB field names: no dots, no leading `$`.
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.contains('.') || key.starts_with('$') || key == CONTENT_TYPE_KEY {
+        return Err(Error::Invalid(format!(
+            "`{key}` cannot be a metadata key (no dots, no leading $, not {CONTENT_TYPE_KEY})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_metadata(pairs: &[(String, String)]) -> Result<(), Error> {
+    pairs.iter().try_for_each(|(k, _)| check_key(k))
+}
+
+/// Where the content type is kept inside GridFS's `metadata` document, as
+/// the GridFS spec suggests now that the top-level field is deprecated.
+const CONTENT_TYPE_KEY: &str = "contentType";
+
+/// The exclusive end of `offset..offset+length` within a file of `size`.
+fn range_end(size: u64, offset: u64, length: Option<u64>) -> Result<u64, Error> {
+    if offset > size || (offset == size && size > 0) {
+        return Err(Error::Invalid(format!(
+            "offset {offset} is beyond the end of the file ({size} bytes)"
+        )));
+    }
+    Ok(match length {
+        Some(l) => offset.saturating_add(l).min(size),
+        None => size,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// What one component may use: the store and its granted buckets.
+#[derive(Clone)]
+pub struct BlobsState {
+    component: Arc<str>,
+    store: BlobStore,
+    buckets: Arc<Vec<String>>,
+}
+
+impl BlobsState {
+    pub fn new(component: &str, store: BlobStore, buckets: &[String]) -> Self {
+        BlobsState {
+            component: component.into(),
+            store,
+            buckets: Arc::new(buckets.to_vec()),
+        }
+    }
+
+    fn granted(&self, bucket: &str) -> Result<BlobStore, Error> {
+        if self.buckets.iter().any(|b| b == bucket) {
+            return Ok(self.store.clone());
+        }
+        tracing::warn!(component = %self.component, bucket, "blob access refused: bucket not granted");
+        Err(Error::PermissionDenied(format!(
+            "component `{}` may not use bucket `{bucket}`; add \"{bucket}\" to its blob_buckets in spin.toml",
+            self.component
+        )))
+    }
+}
+
+/// The `HasData` marker for `spindle:blobs`.
+pub struct Blobs;
+
+impl HasData for Blobs {
+    type Data<'a> = &'a BlobsState;
+}
+
+impl wit::Host for &BlobsState {}
+
+fn granted<T>(store: &Accessor<T, Blobs>, bucket: &str) -> Result<BlobStore, Error> {
+    store.with(|mut view| view.get().granted(bucket))
+}
+
+impl<T> wit::HostWithStore<T> for Blobs {
+    async fn create(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        file: NewFile,
+        mut data: StreamReader<u8>,
+    ) -> wasmtime::Result<Result<FileInfo, Error>> {
+        let blobs = match granted(store, &bucket) {
+            Ok(b) => b,
+            Err(e) => {
+                store.with(|mut access| data.close(&mut access))?;
+                return Ok(Err(e));
+            }
+        };
+        let (consumer, rx) = ChannelConsumer::new();
+        store.with(|mut access| data.pipe(&mut access, consumer))?;
+        Ok(blobs.create(&bucket, file, rx).await)
+    }
+
+    async fn stat(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        id: String,
+    ) -> wasmtime::Result<Result<FileInfo, Error>> {
+        Ok(match granted(store, &bucket) {
+            Ok(b) => b.stat(&bucket, &id).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn read(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        id: String,
+        offset: u64,
+        length: Option<u64>,
+    ) -> wasmtime::Result<
+        Result<(FileInfo, StreamReader<u8>, FutureReader<Result<(), Error>>), Error>,
+    > {
+        let blobs = match granted(store, &bucket) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (info, chunks) = match blobs.read(&bucket, &id, offset, length).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (err_tx, err_rx) = tokio::sync::oneshot::channel();
+        store.with(|mut access| {
+            let stream = StreamReader::new(&mut access, ChannelProducer::new(chunks, err_tx))?;
+            let done = FutureReader::new(&mut access, async move {
+                // No error was sent when the producer finished normally.
+                Ok::<_, wasmtime::Error>(match err_rx.await {
+                    Ok(e) => Err(e),
+                    Err(_) => Ok(()),
+                })
+            })?;
+            Ok(Ok((info, stream, done)))
+        })
+    }
+
+    async fn update_metadata(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        id: String,
+        set: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<FileInfo, Error>> {
+        Ok(match granted(store, &bucket) {
+            Ok(b) => b.update_metadata(&bucket, &id, set).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn find(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<Result<Vec<FileInfo>, Error>> {
+        Ok(match granted(store, &bucket) {
+            Ok(b) => b.find(&bucket, &key, &value).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn delete(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        id: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        Ok(match granted(store, &bucket) {
+            Ok(b) => b.delete(&bucket, &id).await,
+            Err(e) => Err(e),
+        })
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &BlobsState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Blobs>(linker, view)
+}
+
+#[cfg(test)]
+mod tests;
