@@ -45,6 +45,10 @@ async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
                 &format!("not ready: {e:#}"),
             ),
         },
+        p if p.starts_with("/queues/") && p.ends_with("/dead-letters") => {
+            let queue = &p["/queues/".len()..p.len() - "/dead-letters".len()];
+            dead_letters(app, queue).await
+        }
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -52,8 +56,40 @@ async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
         ),
         _ => json_error(
             StatusCode::NOT_FOUND,
-            &format!("no admin endpoint {path}; try /healthz, /readyz or /metrics"),
+            &format!(
+                "no admin endpoint {path}; try /healthz, /readyz, /metrics or /queues/QUEUE/dead-letters"
+            ),
         ),
+    }
+}
+
+/// The oldest dead letters of a queue, so an operator can see what failed
+/// and why without a broker console.
+async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
+    use crate::capabilities::queue::QueueError;
+    match app.broker().dead_letters(queue, 100).await {
+        Ok(letters) => {
+            let list: Vec<_> = letters
+                .into_iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "message_id": d.message_id,
+                        "attempt": d.attempt,
+                        "reason": d.reason,
+                        "body": String::from_utf8_lossy(&d.body),
+                    })
+                })
+                .collect();
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::Value::from(list).to_string(),
+            )
+        }
+        Err(e @ QueueError::UnknownQueue { .. }) => {
+            json_error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

@@ -2,10 +2,14 @@
 //! linked with its grants, the HTTP routes, and the shared backends.
 
 use crate::capabilities::blobs::{BlobStore, BlobsState};
+use crate::capabilities::mail::Mailer;
+use crate::capabilities::mail::component::MailState;
 use crate::capabilities::mysql::{MysqlState, SqlBackends};
 use crate::capabilities::outbound_http::{
     AllowList, InternalDispatch, InternalRouter, OutboundHttp,
 };
+use crate::capabilities::queue::component::PublishState;
+use crate::capabilities::queue::{Broker, ConsumeOptions, Consumer, Handler};
 use crate::capabilities::variables::AppVariables;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -14,6 +18,7 @@ use crate::runtime::cache::{CacheOutcome, CompileCache};
 use crate::runtime::component::LinkedComponent;
 use crate::runtime::instance::Grants;
 use crate::runtime_config::RuntimeConfig;
+use crate::trigger::amqp::QueueComponent;
 use crate::trigger::http::handler::{HttpComponent, InvokeError};
 use crate::trigger::http::router::Router;
 use anyhow::{Context, Result, bail};
@@ -35,8 +40,10 @@ pub struct AppConfig {
     pub cache_dir: PathBuf,
     /// The address the HTTP trigger listens on (for `spin-full-url`).
     pub listen_addr: SocketAddr,
-    /// The blob store (connected beforehand: the driver is async).
+    /// Backends connected beforehand (their clients are async).
     pub blobs: BlobStore,
+    pub broker: Broker,
+    pub mailer: Mailer,
 }
 
 /// What loading one component found, for the start-up summary.
@@ -49,11 +56,15 @@ pub struct ComponentInfo {
 
 pub struct App {
     router: Router,
+    amqp_triggers: Vec<crate::manifest::AmqpTrigger>,
     components: HashMap<String, Arc<HttpComponent>>,
+    queue_components: HashMap<String, Arc<QueueComponent>>,
     info: Vec<ComponentInfo>,
     metrics: Arc<Metrics>,
     sql: Arc<SqlBackends>,
     blobs: BlobStore,
+    broker: Broker,
+    mailer: Mailer,
     listen_addr: SocketAddr,
     // Dropped last: instances must be gone before the engine's ticker stops.
     _runtime: Runtime,
@@ -71,6 +82,8 @@ impl App {
             cache_dir,
             listen_addr,
             blobs,
+            broker,
+            mailer,
         } = config;
         let runtime = Runtime::new(runtime_config.limits.clone())?;
         let cache = CompileCache::new(runtime.engine(), &cache_dir)?;
@@ -95,6 +108,7 @@ impl App {
         let internal: InternalRouter = Arc::new(OnceLock::new());
 
         let mut components = HashMap::new();
+        let mut queue_components = HashMap::new();
         let mut info = Vec::new();
         for (id, component) in &manifest.components {
             let started = Instant::now();
@@ -104,6 +118,8 @@ impl App {
                 variables: variables.for_component(&component.variables),
                 mysql: MysqlState::new(id, sql.clone(), &component.mysql_databases, allowed),
                 blobs: BlobsState::new(id, blobs.clone(), &component.blob_buckets),
+                publish: PublishState::new(id, broker.clone(), &component.publish_queues),
+                mail: MailState::new(id, mailer.clone(), component.send_mail),
             };
             let linked = LinkedComponent::load(
                 runtime.engine(),
@@ -113,6 +129,26 @@ impl App {
                 &manifest.source_path(component),
                 grants,
             )?;
+            let triggered = manifest.amqp_triggers.iter().any(|t| &t.component == id);
+            match linked.queue {
+                Some(pre) => {
+                    queue_components.insert(
+                        id.clone(),
+                        Arc::new(QueueComponent::new(
+                            id,
+                            runtime.engine().clone(),
+                            pre,
+                            linked.grants.clone(),
+                            runtime.limits().clone(),
+                        )),
+                    );
+                }
+                None if triggered => bail!(
+                    "component `{id}` is used by [[trigger.amqp]] but does not export {}; export the queue handler interface",
+                    crate::capabilities::queue::component::HANDLER_EXPORT
+                ),
+                None => {}
+            }
             let routed = manifest.http_routes.iter().any(|r| &r.component == id);
             match linked.http {
                 Some(pre) => {
@@ -143,11 +179,15 @@ impl App {
 
         let app = Arc::new(App {
             router: Router::new(&manifest.http_routes),
+            amqp_triggers: manifest.amqp_triggers.clone(),
+            queue_components,
             components,
             info,
             metrics,
             sql,
             blobs,
+            broker,
+            mailer,
             listen_addr,
             _runtime: runtime,
         });
@@ -180,6 +220,46 @@ impl App {
         &self.blobs
     }
 
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn mailer(&self) -> &Mailer {
+        &self.mailer
+    }
+
+    /// Starts one consumer per `[[trigger.amqp]]`; stop them to drain.
+    pub async fn start_queue_triggers(&self) -> Result<Vec<Consumer>> {
+        let mut consumers = Vec::new();
+        for trigger in &self.amqp_triggers {
+            let Some(component) = self.queue_components.get(&trigger.component).cloned() else {
+                bail!("component `{}` has no queue handler", trigger.component);
+            };
+            let handler: Handler = Arc::new(move |delivery| {
+                let component = component.clone();
+                Box::pin(async move { component.invoke(delivery).await })
+            });
+            let opts = ConsumeOptions {
+                prefetch: trigger.concurrency,
+                concurrency: usize::from(trigger.concurrency),
+                max_attempts: trigger.max_attempts,
+                retry_delay: Duration::from_millis(trigger.retry_delay_ms),
+            };
+            let consumer = self
+                .broker
+                .consume(&trigger.queue, opts, handler)
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting [[trigger.amqp]] for queue `{}` → `{}`",
+                        trigger.queue, trigger.component
+                    )
+                })?;
+            consumers.push(consumer);
+        }
+        Ok(consumers)
+    }
+
     /// Invokes HTTP component `id` with `request`.
     pub async fn invoke(
         &self,
@@ -206,7 +286,15 @@ impl App {
         tokio::time::timeout(Duration::from_secs(2), self.blobs.ping())
             .await
             .context("the blob store did not answer within 2s")?
-            .context("the blob store is not answering")
+            .context("the blob store is not answering")?;
+        tokio::time::timeout(Duration::from_secs(2), self.broker.ping())
+            .await
+            .context("the queue broker did not answer within 2s")?
+            .context("the queue broker is not answering")?;
+        tokio::time::timeout(Duration::from_secs(2), self.mailer.ping())
+            .await
+            .context("the mail server did not answer within 2s")?
+            .context("the mail server is not answering")
     }
 }
 

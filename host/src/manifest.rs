@@ -1,5 +1,6 @@
 //! The application manifest: `spin.toml` in Spin's manifest v2 format, plus
-//! Spindle's grant keys (`mysql_databases`).
+//! Spindle's grant keys (`mysql_databases`, `blob_buckets`, `publish_queues`,
+//! `send_mail`) and its `[[trigger.amqp]]` trigger type.
 //!
 //! Loading parses and then validates everything a running host relies on, so
 //! a bad manifest stops start-up with one message that names the file, the key
@@ -28,6 +29,7 @@ pub struct Manifest {
     /// Application variables by name.
     pub variables: BTreeMap<String, VariableDecl>,
     pub http_routes: Vec<HttpRoute>,
+    pub amqp_triggers: Vec<AmqpTrigger>,
     /// Components by id, in id order.
     pub components: BTreeMap<String, Component>,
 }
@@ -80,6 +82,35 @@ impl std::fmt::Display for RoutePattern {
     }
 }
 
+/// One `[[trigger.amqp]]` entry: each message on `queue` invokes `component`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTrigger {
+    pub queue: String,
+    pub component: String,
+    /// Invocations running at once (default 4).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u16,
+    /// Attempts before a failing message is dead-lettered (default 5).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before a failed message is tried again (default 5000).
+    #[serde(default = "default_retry_delay_ms")]
+    pub retry_delay_ms: u64,
+}
+
+fn default_concurrency() -> u16 {
+    4
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_retry_delay_ms() -> u64 {
+    5000
+}
+
 /// A `[component.NAME]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +127,12 @@ pub struct Component {
     /// `spindle:blobs` buckets this component may use.
     #[serde(default)]
     pub blob_buckets: Vec<String>,
+    /// `spindle:queue` queues this component may publish to.
+    #[serde(default)]
+    pub publish_queues: Vec<String>,
+    /// Whether this component may send mail (`spindle:mail`).
+    #[serde(default)]
+    pub send_mail: bool,
     /// Component variables: values are templates over application variables.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
@@ -133,6 +170,8 @@ struct RawManifest {
 struct RawTriggers {
     #[serde(default)]
     http: Vec<RawHttpTrigger>,
+    #[serde(default)]
+    amqp: Vec<AmqpTrigger>,
 }
 
 /// Spin's other trigger keys (`id`, `executor`) are accepted and ignored.
@@ -320,11 +359,40 @@ impl Manifest {
             });
         }
 
+        for (i, t) in raw.trigger.amqp.iter().enumerate() {
+            if !raw.component.contains_key(&t.component) {
+                return Err(err(
+                    format!("trigger.amqp[{i}].component"),
+                    format!("unknown component `{}`", t.component),
+                    format!(
+                        "define [component.{}] or use one of: {}",
+                        t.component,
+                        known(&raw.component)
+                    ),
+                ));
+            }
+            if t.queue.is_empty() {
+                return Err(err(
+                    format!("trigger.amqp[{i}].queue"),
+                    "the queue name is empty".into(),
+                    "name the queue to consume, e.g. \"mp3\"".into(),
+                ));
+            }
+            if t.concurrency == 0 || t.max_attempts == 0 {
+                return Err(err(
+                    format!("trigger.amqp[{i}]"),
+                    "concurrency and max_attempts must be at least 1".into(),
+                    "raise them or leave them out for the defaults".into(),
+                ));
+            }
+        }
+
         Ok(Manifest {
             path: path.to_path_buf(),
             application: raw.application,
             variables: raw.variables,
             http_routes,
+            amqp_triggers: raw.trigger.amqp,
             components: raw.component,
         })
     }

@@ -19,12 +19,13 @@ pub struct RuntimeConfig {
     /// `spindle:blobs`: MongoDB GridFS instead of files in the state directory.
     #[serde(default)]
     pub gridfs: Option<UrlConfig>,
-    /// Queue and mail backends: accepted so a full config loads, used once
-    /// those capabilities are wired in.
+    /// `spindle:queue` and `[[trigger.amqp]]`: RabbitMQ instead of the
+    /// embedded queue.
     #[serde(default)]
-    pub amqp: Option<toml::Table>,
+    pub amqp: Option<UrlConfig>,
+    /// `spindle:mail`: an SMTP server instead of the `.eml` outbox.
     #[serde(default)]
-    pub smtp: Option<toml::Table>,
+    pub smtp: Option<crate::capabilities::mail::SmtpSettings>,
     /// Values for application variables (lowest-precedence provider above
     /// manifest defaults).
     #[serde(default)]

@@ -3,6 +3,8 @@
 
 use crate::app::{App, AppConfig};
 use crate::capabilities::blobs::BlobStore;
+use crate::capabilities::mail::Mailer;
+use crate::capabilities::queue::Broker;
 use crate::cli::UpArgs;
 use crate::manifest::{Manifest, RoutePattern};
 use crate::runtime::cache::CacheOutcome;
@@ -27,12 +29,32 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
     };
-    let runtime_sections = (runtime_config.amqp.is_some(), runtime_config.smtp.is_some());
     let blobs = BlobStore::connect(
         runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
         &args.state_dir,
     )
     .await?;
+    // Every queue a trigger consumes or a component publishes to is declared.
+    let mut queues: Vec<&str> = manifest
+        .amqp_triggers
+        .iter()
+        .map(|t| t.queue.as_str())
+        .chain(
+            manifest
+                .components
+                .values()
+                .flat_map(|c| c.publish_queues.iter().map(String::as_str)),
+        )
+        .collect();
+    queues.sort_unstable();
+    queues.dedup();
+    let broker = Broker::connect(
+        runtime_config.amqp.as_ref().map(|a| a.url.as_str()),
+        &args.state_dir,
+        &queues,
+    )
+    .await?;
+    let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
 
@@ -61,6 +83,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         state_dir: args.state_dir.clone(),
         listen_addr,
         blobs,
+        broker,
+        mailer,
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
 
@@ -78,13 +102,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     tracing::info!("spin:mysql `default`: {}", app.sql().describe());
     tracing::info!("spindle:blobs: {}", app.blobs().describe());
-    for (section, configured) in [("amqp", runtime_sections.0), ("smtp", runtime_sections.1)] {
-        if configured {
-            tracing::warn!(
-                "runtime config [{section}] is accepted but this version has no capability that uses it"
-            );
-        }
-    }
+    tracing::info!("spindle:queue: {}", app.broker().describe());
+    tracing::info!("spindle:mail: {}", app.mailer().describe());
+    let consumers = app.start_queue_triggers().await?;
     print_routes(&app, listen_addr, admin_addr);
 
     let shutdown = async {
@@ -102,6 +122,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         })
     };
     crate::trigger::http::serve(listener, app.clone(), shutdown).await?;
+    // Unacked messages return to their queues as consumers stop.
+    for consumer in consumers {
+        consumer.stop().await;
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     app.sql().close().await;

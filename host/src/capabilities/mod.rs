@@ -3,7 +3,9 @@
 //! may use is granted by its `spin.toml` entry.
 
 pub mod blobs;
+pub mod mail;
 pub mod mysql;
 pub mod outbound_http;
+pub mod queue;
 pub mod streams;
 pub mod variables;

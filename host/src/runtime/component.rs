@@ -3,6 +3,7 @@
 
 use super::cache::{CacheOutcome, CompileCache};
 use super::instance::{Grants, InstanceState};
+use crate::capabilities::queue::component::{HANDLER_EXPORT, QueueHandlerPre};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use wasmtime::Engine;
@@ -17,6 +18,8 @@ pub struct LinkedComponent {
     pub grants: Grants,
     /// Present when the component exports a `wasi:http` handler.
     pub http: Option<ProxyPre<InstanceState>>,
+    /// Present when the component exports `spindle:queue/handler`.
+    pub queue: Option<QueueHandlerPre<InstanceState>>,
 }
 
 impl LinkedComponent {
@@ -69,11 +72,23 @@ impl LinkedComponent {
             .transpose()
             .map_err(anyhow::Error::from)
             .with_context(|| format!("component `{id}`: its wasi:http export does not match"))?;
+        let exports_handler = component
+            .component_type()
+            .exports(engine)
+            .any(|(name, _)| name == HANDLER_EXPORT);
+        let queue = exports_handler
+            .then(|| QueueHandlerPre::new(pre.clone()))
+            .transpose()
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component `{id}`: its {HANDLER_EXPORT} export does not match")
+            })?;
         Ok(LinkedComponent {
             digest: CompileCache::digest(wasm),
             cache: outcome,
             grants,
             http,
+            queue,
         })
     }
 }

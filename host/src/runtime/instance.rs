@@ -3,8 +3,10 @@
 //! and deadline that bound a single invocation.
 
 use crate::capabilities::blobs::BlobsState;
+use crate::capabilities::mail::component::MailState;
 use crate::capabilities::mysql::{MysqlState, MysqlView};
 use crate::capabilities::outbound_http::OutboundHttp;
+use crate::capabilities::queue::component::PublishState;
 use crate::capabilities::variables::ComponentVariables;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +104,8 @@ pub struct InstanceState {
     pub variables: ComponentVariables,
     pub mysql: MysqlState,
     pub blobs: BlobsState,
+    pub publish: PublishState,
+    pub mail: MailState,
     limiter: MemoryLimiter,
     invocation: Arc<Invocation>,
 }
@@ -113,6 +117,8 @@ pub struct Grants {
     pub variables: ComponentVariables,
     pub mysql: MysqlState,
     pub blobs: BlobsState,
+    pub publish: PublishState,
+    pub mail: MailState,
 }
 
 impl InstanceState {
@@ -128,6 +134,8 @@ impl InstanceState {
             variables: grants.variables.clone(),
             mysql: grants.mysql.clone(),
             blobs: grants.blobs.clone(),
+            publish: grants.publish.clone(),
+            mail: grants.mail.clone(),
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 used: 0,

@@ -3,7 +3,7 @@
 //! actually do with a capability is decided by its grants at call time.
 
 use super::instance::InstanceState;
-use crate::capabilities::{blobs, mysql, variables};
+use crate::capabilities::{blobs, mail, mysql, queue, variables};
 use anyhow::Result;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -17,5 +17,7 @@ pub fn build(engine: &Engine) -> Result<Linker<InstanceState>> {
     variables::add_to_linker(&mut linker, |s| &s.variables)?;
     mysql::add_to_linker(&mut linker, InstanceState::mysql_view)?;
     blobs::add_to_linker(&mut linker, |s| &s.blobs)?;
+    queue::component::add_to_linker(&mut linker, |s| &s.publish)?;
+    mail::component::add_to_linker(&mut linker, |s| &s.mail)?;
     Ok(linker)
 }

@@ -1,3 +1,4 @@
 //! Triggers: what invokes components.
 
+pub mod amqp;
 pub mod http;

@@ -5,6 +5,8 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod smtp_server;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

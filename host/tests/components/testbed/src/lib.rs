@@ -66,6 +66,69 @@ async fn blob(req: Request, rest: &str) -> Response<BoxBody> {
     }
 }
 
+mod queue {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../../src/capabilities/queue/wit",
+        world: "spindle:queue/queue-handler",
+        generate_all,
+    });
+}
+
+mod mail {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../../src/capabilities/mail/wit",
+        world: "spindle:mail/mail-client",
+        generate_all,
+    });
+}
+
+use mail::spindle::mail::mailer;
+use queue::exports::spindle::queue::handler::{self, Failure};
+
+/// The queue handler: `retry` and `reject` fail as asked, `trap` traps, and
+/// anything else is mailed to probe@example.com with the body as subject and
+/// a Message-ID derived from the queue message (so redeliveries match).
+struct QueueProbe;
+
+impl handler::Guest for QueueProbe {
+    async fn handle(message: handler::Message) -> Result<(), Failure> {
+        let body = String::from_utf8_lossy(&message.body).to_string();
+        match body.as_str() {
+            "retry" => Err(Failure::Retry(format!(
+                "asked to retry (attempt {})",
+                message.attempt
+            ))),
+            "reject" => Err(Failure::Reject("asked to reject".into())),
+            "trap" => panic!("asked to trap"),
+            _ => {
+                let email = mailer::Message {
+                    to: vec!["probe@example.com".into()],
+                    subject: body,
+                    text: format!("attempt {}", message.attempt),
+                    message_id: Some(format!("{}@spindle.test", message.message_id)),
+                };
+                mailer::send(email)
+                    .await
+                    .map(drop)
+                    .map_err(|e| Failure::Retry(format!("{e:?}")))
+            }
+        }
+    }
+}
+
+queue::export!(QueueProbe with_types_in queue);
+
+async fn read_all(req: Request) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    req.into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default()
+}
+
 /// Requests this instance has seen: 1 on every request when the host gives
 /// each request a fresh instance.
 static SEEN: AtomicU32 = AtomicU32::new(0);
@@ -85,7 +148,14 @@ fn query_param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
 
 #[http_service]
 async fn handle(req: Request) -> Response<BoxBody> {
-    let path = req.uri().path().to_string();
+    // Under a wildcard route the host passes the path below the route.
+    let path = req
+        .headers()
+        .get("spin-path-info")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| req.uri().path().to_string());
     match path.as_str() {
         "/hello" => text(StatusCode::OK, "hello from wasi:http@0.3"),
         "/count" => text(
@@ -127,6 +197,36 @@ async fn handle(req: Request) -> Response<BoxBody> {
             loop {
                 hoard.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hoard);
+            }
+        }
+        p if p.starts_with("/publish/") => {
+            let name = p["/publish/".len()..].to_string();
+            let body = read_all(req).await;
+            match queue::spindle::queue::publisher::publish(name, body).await {
+                Ok(()) => text(StatusCode::ACCEPTED, "published"),
+                Err(e @ queue::spindle::queue::publisher::Error::PermissionDenied(_)) => {
+                    text(StatusCode::FORBIDDEN, format!("{e:?}"))
+                }
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}")),
+            }
+        }
+        "/mail" => {
+            let to = String::from_utf8_lossy(&read_all(req).await).to_string();
+            let email = mailer::Message {
+                to: vec![to],
+                subject: "hello".into(),
+                text: "from the testbed".into(),
+                message_id: None,
+            };
+            match mailer::send(email).await {
+                Ok(id) => text(StatusCode::OK, id),
+                Err(e @ mailer::Error::PermissionDenied(_)) => {
+                    text(StatusCode::FORBIDDEN, format!("{e:?}"))
+                }
+                Err(e @ mailer::Error::InvalidAddress(_)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{e:?}"))
+                }
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}")),
             }
         }
         p if p.starts_with("/blob/") => {

@@ -1,0 +1,256 @@
+//! The embedded queue's storage: one SQLite file (`queue.db`, WAL,
+//! `synchronous=FULL` so a commit is on disk before publish returns).
+//!
+//! `messages` holds every message not yet settled: `visible_at` (Unix ms)
+//! delays retries, and `claimed` marks the ones a handler is working on.
+//! Claims live only as long as the process that made them: only one process
+//! may open the directory (see `embedded.rs`), so opening it resets every
+//! claim, and the messages a dead process was handling are delivered again.
+//! Ack deletes the row; retry bumps `attempt` and `visible_at`; dead-letter
+//! moves the row to `dead_letters`, with the reason.
+//!
+//! All calls are blocking; `embedded.rs` runs them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DeadLetter, QueueError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    visible_at  INTEGER NOT NULL,
+    claimed     INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, claimed, visible_at, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    dead_at     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
+";
+
+/// A message taken for handling.
+#[derive(Debug)]
+pub(super) struct Claimed {
+    pub(super) id: i64,
+    pub(super) message_id: String,
+    pub(super) body: Vec<u8>,
+    pub(super) attempt: u32,
+}
+
+pub(super) struct Store {
+    dir: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating) `<dir>/queue.db` and releases every claim left by a
+    /// previous process.
+    pub(super) fn open(dir: &Path) -> Result<Store, QueueError> {
+        let store_err = |context: &str| {
+            let dir = dir.display().to_string();
+            let context = context.to_string();
+            move |source| QueueError::Store {
+                dir,
+                context,
+                source,
+            }
+        };
+        let conn = Connection::open(dir.join("queue.db")).map_err(store_err("cannot open"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(store_err("cannot set the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_err("cannot switch to WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(store_err("cannot set synchronous=FULL"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(store_err("cannot create the tables"))?;
+        let released = conn
+            .execute("UPDATE messages SET claimed = 0 WHERE claimed = 1", [])
+            .map_err(store_err("cannot release old claims"))?;
+        if released > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                released,
+                "messages that were being handled when the last process stopped will be delivered again"
+            );
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn with<T>(
+        &self,
+        context: &str,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, QueueError> {
+        // A poisoned lock only means another call panicked; the connection
+        // itself is still consistent (SQLite rolled back), so keep using it.
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn).map_err(|source| QueueError::Store {
+            dir: self.dir.display().to_string(),
+            context: context.to_string(),
+            source,
+        })
+    }
+
+    pub(super) fn insert(
+        &self,
+        queue: &str,
+        message_id: &str,
+        body: &[u8],
+    ) -> Result<(), QueueError> {
+        self.with("cannot store the message", |c| {
+            c.execute(
+                "INSERT INTO messages (queue, message_id, body, attempt, visible_at)
+                 VALUES (?1, ?2, ?3, 1, ?4)",
+                params![queue, message_id, body, now_ms()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Takes the oldest visible, unclaimed message of `queue`.
+    pub(super) fn claim(&self, queue: &str) -> Result<Option<Claimed>, QueueError> {
+        self.with("cannot take a message", |c| {
+            let tx = c.transaction()?;
+            let claimed = tx
+                .query_row(
+                    "SELECT id, message_id, body, attempt FROM messages
+                     WHERE queue = ?1 AND claimed = 0 AND visible_at <= ?2
+                     ORDER BY visible_at, id LIMIT 1",
+                    params![queue, now_ms()],
+                    |row| {
+                        Ok(Claimed {
+                            id: row.get(0)?,
+                            message_id: row.get(1)?,
+                            body: row.get(2)?,
+                            attempt: row.get(3)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(m) = &claimed {
+                tx.execute("UPDATE messages SET claimed = 1 WHERE id = ?1", [m.id])?;
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+    }
+
+    /// How long until the next unclaimed message of `queue` becomes
+    /// visible; `None` when there is none.
+    pub(super) fn next_visible_in(&self, queue: &str) -> Result<Option<Duration>, QueueError> {
+        let next: Option<i64> = self.with("cannot look for waiting messages", |c| {
+            c.query_row(
+                "SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND claimed = 0",
+                [queue],
+                |row| row.get(0),
+            )
+        })?;
+        Ok(next.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0).unsigned_abs())))
+    }
+
+    pub(super) fn ack(&self, id: i64) -> Result<(), QueueError> {
+        self.with("cannot remove a handled message", |c| {
+            c.execute("DELETE FROM messages WHERE id = ?1", [id])
+                .map(drop)
+        })
+    }
+
+    pub(super) fn retry(
+        &self,
+        id: i64,
+        next_attempt: u32,
+        reason: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self.with("cannot schedule a retry", |c| {
+            c.execute(
+                "UPDATE messages SET claimed = 0, attempt = ?2, last_error = ?3, visible_at = ?4
+                 WHERE id = ?1",
+                params![id, next_attempt, reason, now_ms().saturating_add(delay_ms)],
+            )
+            .map(drop)
+        })
+    }
+
+    pub(super) fn dead_letter(&self, id: i64, reason: &str) -> Result<(), QueueError> {
+        self.with("cannot move a message to the dead letters", |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO dead_letters (queue, message_id, body, attempt, reason, dead_at)
+                 SELECT queue, message_id, body, attempt, ?2, ?3 FROM messages WHERE id = ?1",
+                params![id, reason, now_ms()],
+            )?;
+            tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+            tx.commit()
+        })
+    }
+
+    pub(super) fn dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with("cannot read the dead letters", |c| {
+            let mut stmt = c.prepare(
+                "SELECT body, message_id, attempt, reason FROM dead_letters
+                 WHERE queue = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            stmt.query_map(params![queue, limit], |row| {
+                Ok(DeadLetter {
+                    body: row.get(0)?,
+                    message_id: row.get(1)?,
+                    attempt: row.get(2)?,
+                    reason: row.get(3)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
+        self.with("cannot delete the queue", |c| {
+            c.execute("DELETE FROM messages WHERE queue = ?1", [queue])?;
+            c.execute("DELETE FROM dead_letters WHERE queue = ?1", [queue])
+                .map(drop)
+        })
+    }
+
+    pub(super) fn ping(&self) -> Result<(), QueueError> {
+        self.with("does not answer", |c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,116 @@
+//! Embedded-only tests: a real process killed mid-handling, and the
+//! one-process-per-directory lock.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::test_support::{Backend, Seen, handler};
+use super::{Broker, ConsumeOptions, Outcome, QueueError};
+
+const CHILD_DIR_VAR: &str = "SPINDLE_TEST_QUEUE_CHILD_DIR";
+const QUEUE: &str = "jobs";
+
+/// Not a test on its own: the child process of `survives_kill_mid_handling`.
+/// It takes the message, marks that it is handling it, and hangs until killed.
+#[test]
+fn crash_child_helper() {
+    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let broker = Broker::connect(None, Path::new(&dir), &[QUEUE])
+            .await
+            .expect("child connect");
+        let marker = Path::new(&dir).join("handling");
+        let _consumer = broker
+            .consume(
+                QUEUE,
+                ConsumeOptions::default(),
+                handler(move |d| {
+                    std::fs::write(&marker, &d.body).expect("marker");
+                    std::future::pending::<Outcome>()
+                }),
+            )
+            .await
+            .expect("child consume");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kill_mid_handling() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::connect(None, dir.path(), &[QUEUE])
+        .await
+        .expect("connect");
+    broker.publish(QUEUE, b"precious").await.expect("publish");
+    drop(broker);
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "capabilities::queue::tests_embedded::crash_child_helper",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD_DIR_VAR, dir.path())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the child process");
+    let marker = dir.path().join("handling");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the child never started handling"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.expect("SIGKILL the child");
+
+    let broker = Broker::connect(None, dir.path(), &[QUEUE])
+        .await
+        .expect("connect after the kill");
+    let seen = Seen::default();
+    let s = seen.clone();
+    let consumer = broker
+        .consume(
+            QUEUE,
+            ConsumeOptions::default(),
+            handler(move |d| {
+                s.push(d);
+                async { Outcome::Ack }
+            }),
+        )
+        .await
+        .expect("consume");
+    let got = seen.wait_until("the redelivery", |d| !d.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.stop().await;
+    let got_all = seen.snapshot();
+    assert_eq!(got_all.len(), 1, "delivered once after the restart");
+    assert_eq!(
+        (got[0].body.as_slice(), got[0].attempt),
+        (&b"precious"[..], 1)
+    );
+}
+
+#[tokio::test]
+async fn a_second_owner_is_refused() {
+    let Backend::Embedded(dir) = Backend::embedded() else {
+        unreachable!()
+    };
+    let first = Broker::connect(None, dir.path(), &[QUEUE])
+        .await
+        .expect("first");
+    let second = Broker::connect(None, dir.path(), &[QUEUE]).await;
+    let Err(err @ QueueError::Io { .. }) = second else {
+        panic!("a second owner must be refused");
+    };
+    assert!(err.to_string().contains("another spindle process"), "{err}");
+    assert!(first.describe().starts_with("embedded queue in "));
+    drop(first);
+    Broker::connect(None, dir.path(), &[QUEUE])
+        .await
+        .expect("free again once the first is gone");
+}

@@ -1,0 +1,274 @@
+//! `spindle:queue`, `[[trigger.amqp]]` and `spindle:mail` through real
+//! components: on the embedded queue and outbox, and on RabbitMQ
+//! (`SPINDLE_TEST_AMQP_URL`) with a real SMTP server started by the test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::smtp_server::{SmtpServer, TlsMode};
+use support::{Spindle, UpOptions, up, write_manifest};
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{nanos}")
+}
+
+/// The testbed publishes to `queue` and (with the trigger) handles it;
+/// `quiet` (the same code) is granted nothing.
+fn manifest(queue: &str) -> String {
+    manifest_with(queue, true)
+}
+
+fn manifest_with(queue: &str, trigger: bool) -> String {
+    let wasm = support::build_components().join("testbed.wasm");
+    let text = format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "queues"
+[[trigger.http]]
+route = "/..."
+component = "testbed"
+[[trigger.http]]
+route = "/quiet/..."
+component = "quiet"
+[[trigger.amqp]]
+queue = "{queue}"
+component = "testbed"
+concurrency = 2
+max_attempts = 2
+retry_delay_ms = 200
+[component.testbed]
+source = "{wasm}"
+publish_queues = ["{queue}"]
+send_mail = true
+[component.quiet]
+source = "{wasm}"
+"#,
+        wasm = wasm.display()
+    );
+    if trigger {
+        return text;
+    }
+    let (head, rest) = text.split_once("[[trigger.amqp]]").unwrap();
+    let (_, components) = rest.split_once("[component.testbed]").unwrap();
+    format!("{head}[component.testbed]{components}")
+}
+
+fn start(manifest: &Path, runtime_config: &str) -> (Spindle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, runtime_config).unwrap();
+    let s = up(UpOptions::new(manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string()));
+    (s, dir)
+}
+
+async fn publish(s: &Spindle, queue: &str, body: &str) -> reqwest::Response {
+    support::client()
+        .post(format!("{}/publish/{queue}", s.url))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn outbox(state_dir: &Path) -> Vec<String> {
+    let dir: PathBuf = state_dir.join("outbox");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Grants hold for queues and mail alike.
+async fn permissions(s: &Spindle) {
+    let r = publish(s, "not-granted", "x").await;
+    assert_eq!(r.status(), 403);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("PermissionDenied") && msg.contains("publish_queues"),
+        "{msg}"
+    );
+    let r = support::client()
+        .post(format!("{}/quiet/mail", s.url))
+        .body("someone@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("PermissionDenied") && msg.contains("send_mail"),
+        "{msg}"
+    );
+}
+
+/// Retries carry the attempt number and stop at max_attempts; traps retry
+/// too, and the host keeps serving.
+async fn failures_retry_then_stop(s: &Spindle, queue: &str) {
+    assert_eq!(publish(s, queue, "retry").await.status(), 202);
+    assert_eq!(publish(s, queue, "trap").await.status(), 202);
+    assert!(
+        s.log_contains("asked to retry (attempt 1)"),
+        "{}",
+        s.stderr()
+    );
+    assert!(
+        s.log_contains("asked to retry (attempt 2)"),
+        "{}",
+        s.stderr()
+    );
+    assert!(s.log_contains("trapped"), "{}", s.stderr());
+    // max_attempts = 2: no third attempt after the retry delay has passed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !s.stderr().contains("asked to retry (attempt 3)"),
+        "{}",
+        s.stderr()
+    );
+    let r = support::client()
+        .get(format!("{}/hello", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_trigger_and_mail_on_embedded_backends() {
+    let queue = "jobs";
+    let (_m, manifest) = write_manifest(&manifest(queue));
+    let (s, _rc) = start(&manifest, "");
+    assert!(s.log_contains("embedded queue"), "{}", s.stderr());
+
+    // Published through the component, consumed by the trigger, mailed.
+    for i in 0..3 {
+        assert_eq!(
+            publish(&s, queue, &format!("hello-{i}")).await.status(),
+            202
+        );
+    }
+    wait_until("three emails in the outbox", || {
+        outbox(&s.state_dir).len() == 3
+    })
+    .await;
+    let mails = outbox(&s.state_dir).join("\n");
+    for i in 0..3 {
+        assert!(mails.contains(&format!("Subject: hello-{i}")), "{mails}");
+    }
+    assert!(mails.contains("To: probe@example.com"), "{mails}");
+
+    permissions(&s).await;
+    failures_retry_then_stop(&s, queue).await;
+    // The failed messages sent no mail.
+    assert_eq!(outbox(&s.state_dir).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_messages_survive_a_restart_of_the_embedded_queue() {
+    let queue = "jobs";
+    let (_m, manifest) = write_manifest(&manifest(queue));
+    let state = tempfile::tempdir().unwrap();
+    // A host with no trigger publishes; nothing consumes yet.
+    let publish_only = manifest_with(queue, false);
+    let (_p, publish_manifest) = write_manifest(&publish_only);
+    {
+        let mut opts = UpOptions::new(&publish_manifest);
+        opts.state_dir = Some(state.path().to_path_buf());
+        let s = up(opts);
+        for i in 0..2 {
+            assert_eq!(publish(&s, queue, &format!("kept-{i}")).await.status(), 202);
+        }
+    }
+    // A new host on the same state directory consumes what was published.
+    let mut opts = UpOptions::new(&manifest);
+    opts.state_dir = Some(state.path().to_path_buf());
+    let s = up(opts);
+    wait_until("both kept messages mailed", || {
+        outbox(&s.state_dir).len() == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_trigger_on_rabbitmq_and_mail_over_smtp() {
+    let Ok(amqp) = std::env::var("SPINDLE_TEST_AMQP_URL") else {
+        eprintln!("SPINDLE_TEST_AMQP_URL is not set: the RabbitMQ trigger test did not run");
+        return;
+    };
+    let smtp = SmtpServer::start(TlsMode::Plain);
+    let queue = unique("jobs");
+    let (_m, manifest) = write_manifest(&manifest(&queue));
+    let (s, _rc) = start(
+        &manifest,
+        &format!(
+            "[amqp]\nurl = \"{amqp}\"\n[smtp]\nurl = \"{}\"\n",
+            smtp.url()
+        ),
+    );
+    assert!(s.log_contains("RabbitMQ"), "{}", s.stderr());
+
+    for i in 0..3 {
+        assert_eq!(
+            publish(&s, &queue, &format!("hello-{i}")).await.status(),
+            202
+        );
+    }
+    let received = smtp.wait_for_messages(3, Duration::from_secs(30));
+    assert_eq!(received.len(), 3);
+    let mut subjects: Vec<_> = received
+        .iter()
+        .filter_map(|m| m.header("Subject"))
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["hello-0", "hello-1", "hello-2"]);
+    for m in &received {
+        assert_eq!(m.rcpt_to, ["probe@example.com"]);
+    }
+
+    // A direct send through the capability arrives with its recipient.
+    let r = support::client()
+        .post(format!("{}/mail", s.url))
+        .body("direct@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.text().await.unwrap();
+    let received = smtp.wait_for_messages(4, Duration::from_secs(30));
+    let direct = received
+        .iter()
+        .find(|m| m.rcpt_to == ["direct@example.com"])
+        .expect("the direct mail arrived");
+    assert_eq!(direct.header("Message-ID").as_deref(), Some(id.as_str()));
+
+    permissions(&s).await;
+    failures_retry_then_stop(&s, &queue).await;
+
+    // An invalid recipient is the component's error, not the host's.
+    let r = support::client()
+        .post(format!("{}/mail", s.url))
+        .body("not an address")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
