@@ -2,32 +2,16 @@
 //! address of its own so probes and scrapes never queue behind user traffic.
 
 use crate::app::App;
-use crate::trigger::http::json_error;
-use bytes::Bytes;
+use crate::trigger::http::{host_response, json_error};
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> http::Response<WasiBody> {
-    let mut response = http::Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
 async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
     match path {
-        "/healthz" => text(
+        "/healthz" => host_response(
             StatusCode::OK,
             "application/json",
             r#"{"status":"ok"}"#.into(),
@@ -35,7 +19,7 @@ async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
         // Components are compiled before the admin listener starts, so
         // readiness is down to the backends answering.
         "/readyz" => match app.check_backends().await {
-            Ok(()) => text(
+            Ok(()) => host_response(
                 StatusCode::OK,
                 "application/json",
                 r#"{"status":"ready"}"#.into(),
@@ -49,7 +33,7 @@ async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
             let queue = &p["/queues/".len()..p.len() - "/dead-letters".len()];
             dead_letters(app, queue).await
         }
-        "/metrics" => text(
+        "/metrics" => host_response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             app.metrics().encode(),
@@ -80,7 +64,7 @@ async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
                     })
                 })
                 .collect();
-            text(
+            host_response(
                 StatusCode::OK,
                 "application/json",
                 serde_json::Value::from(list).to_string(),

@@ -313,17 +313,22 @@ impl Manifest {
             }
         }
 
+        let unknown_component = |key: String, name: &str| {
+            err(
+                key,
+                format!("unknown component `{name}`"),
+                format!(
+                    "define [component.{name}] or use one of: {}",
+                    known(&raw.component)
+                ),
+            )
+        };
         let mut http_routes = Vec::new();
         for (i, t) in raw.trigger.http.into_iter().enumerate() {
             if !raw.component.contains_key(&t.component) {
-                return Err(err(
+                return Err(unknown_component(
                     format!("trigger.http[{i}].component"),
-                    format!("unknown component `{}`", t.component),
-                    format!(
-                        "define [component.{}] or use one of: {}",
-                        t.component,
-                        known(&raw.component)
-                    ),
+                    &t.component,
                 ));
             }
             let route = match t.route {
@@ -361,14 +366,9 @@ impl Manifest {
 
         for (i, t) in raw.trigger.amqp.iter().enumerate() {
             if !raw.component.contains_key(&t.component) {
-                return Err(err(
+                return Err(unknown_component(
                     format!("trigger.amqp[{i}].component"),
-                    format!("unknown component `{}`", t.component),
-                    format!(
-                        "define [component.{}] or use one of: {}",
-                        t.component,
-                        known(&raw.component)
-                    ),
+                    &t.component,
                 ));
             }
             if t.queue.is_empty() {

@@ -19,9 +19,12 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 /// Requests whose header section is larger than this get 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// A JSON `{"error": ...}` response, the shape of every error the host sends.
-pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
-    let body = serde_json::json!({ "error": message }).to_string();
+/// A complete response from the host itself (not from a component).
+pub fn host_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> http::Response<WasiBody> {
     let mut response = http::Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -30,9 +33,15 @@ pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody>
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// A JSON `{"error": ...}` response, the shape of every error the host sends.
+pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    host_response(status, "application/json", body)
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then lets open
