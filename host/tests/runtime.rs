@@ -180,8 +180,10 @@ async fn limits_stop_misbehaving_guests_while_others_are_served() {
         let started = Instant::now();
         let r = c.get(format!("{}/hello", s.url)).send().await.unwrap();
         assert_eq!(r.status(), 200);
+        // Served while the runaway guests still run: a sanity bound, not a
+        // speed target.
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(10),
             "hello took {:?}",
             started.elapsed()
         );
@@ -190,11 +192,14 @@ async fn limits_stop_misbehaving_guests_while_others_are_served() {
     let (resp, took) = looping.await.unwrap();
     let msg = expect_json_error(resp, 504).await;
     assert!(msg.contains("did not respond within 2s"), "{msg}");
-    assert!(took < Duration::from_secs(5), "loop stopped after {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "loop stopped after {took:?}"
+    );
     let (resp, took) = sleeping.await.unwrap();
     expect_json_error(resp, 504).await;
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(15),
         "sleep stopped after {took:?}"
     );
     let (resp, _) = trap.await.unwrap();
