@@ -1,7 +1,7 @@
 //! `spindle build`: runs components' `[component.NAME.build]` commands.
 
-use crate::manifest::Manifest;
 use anyhow::{Context, Result, bail};
+use spindle_platform::manifest::Manifest;
 use std::process::Command;
 
 /// Builds the named components (all with a build command when `only` is

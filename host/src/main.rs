@@ -1,16 +1,8 @@
 //! `spindle`: a WebAssembly function platform that runs `spin.toml`
 //! applications under wasmtime.
 
-mod admin;
-mod app;
 mod builder;
-mod capabilities;
 mod cli;
-mod manifest;
-mod metrics;
-mod runtime;
-mod runtime_config;
-mod trigger;
 mod up;
 
 use clap::Parser;
@@ -30,7 +22,7 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(up::run(args))),
-        cli::Command::Build(args) => manifest::Manifest::load(&args.manifest)
+        cli::Command::Build(args) => spindle_platform::manifest::Manifest::load(&args.manifest)
             .map_err(anyhow::Error::from)
             .and_then(|m| builder::build(&m, &args.components)),
     };

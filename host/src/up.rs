@@ -1,15 +1,15 @@
 //! `spindle up`: load the application, bind the listeners, print the
 //! routes, serve until Ctrl-C, then drain.
 
-use crate::app::{App, AppConfig};
-use crate::capabilities::blobs::BlobStore;
-use crate::capabilities::mail::Mailer;
-use crate::capabilities::queue::Broker;
 use crate::cli::UpArgs;
-use crate::manifest::{Manifest, RoutePattern};
-use crate::runtime::cache::CacheOutcome;
-use crate::runtime_config::RuntimeConfig;
 use anyhow::{Context, Result};
+use spindle_platform::app::{App, AppConfig};
+use spindle_platform::capabilities::blobs::BlobStore;
+use spindle_platform::capabilities::mail::Mailer;
+use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::manifest::{Manifest, RoutePattern};
+use spindle_platform::runtime::cache::CacheOutcome;
+use spindle_platform::runtime_config::RuntimeConfig;
 use tokio::net::TcpListener;
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -115,13 +115,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let app = app.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            crate::admin::serve(admin, app, async move {
+            spindle_platform::admin::serve(admin, app, async move {
                 let _ = stop.changed().await;
             })
             .await
         })
     };
-    crate::trigger::http::serve(listener, app.clone(), shutdown).await?;
+    spindle_platform::trigger::http::serve(listener, app.clone(), shutdown).await?;
     // Unacked messages return to their queues as consumers stop.
     for consumer in consumers {
         consumer.stop().await;

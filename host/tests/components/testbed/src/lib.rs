@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 mod blobs {
     spin_sdk::wit_bindgen::generate!({
         runtime_path: "spin_sdk::wit_bindgen::rt",
-        path: "../../../src/capabilities/blobs/wit",
+        path: "../../../platform/src/capabilities/blobs/wit",
         world: "spindle:blobs/blobs-client",
         generate_all,
     });
@@ -69,7 +69,7 @@ async fn blob(req: Request, rest: &str) -> Response<BoxBody> {
 mod queue {
     spin_sdk::wit_bindgen::generate!({
         runtime_path: "spin_sdk::wit_bindgen::rt",
-        path: "../../../src/capabilities/queue/wit",
+        path: "../../../platform/src/capabilities/queue/wit",
         world: "spindle:queue/queue-handler",
         generate_all,
     });
@@ -78,7 +78,7 @@ mod queue {
 mod mail {
     spin_sdk::wit_bindgen::generate!({
         runtime_path: "spin_sdk::wit_bindgen::rt",
-        path: "../../../src/capabilities/mail/wit",
+        path: "../../../platform/src/capabilities/mail/wit",
         world: "spindle:mail/mail-client",
         generate_all,
     });

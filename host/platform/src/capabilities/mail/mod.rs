@@ -136,7 +136,7 @@ impl Mailer {
 }
 
 #[cfg(test)]
-#[path = "../../../tests/support/smtp_server.rs"]
+#[path = "../../../../tests/support/smtp_server.rs"]
 mod test_smtp;
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl Seen {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("spindle=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("spindle_platform=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()

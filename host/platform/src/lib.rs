@@ -1,0 +1,18 @@
+//! The Spindle platform: everything the `spindle` CLI and the native convert
+//! worker share.
+//!
+//! - [`manifest`] and [`runtime_config`]: what to run (`spin.toml`) and on
+//!   which backends (the runtime config).
+//! - [`runtime`]: the wasmtime engine, compile cache, instances and limits.
+//! - [`trigger`]: the HTTP and AMQP triggers that invoke components.
+//! - [`capabilities`]: one module per capability (WIT, host side, backends).
+//! - [`app`]: a loaded application; [`admin`] and [`metrics`]: operating it.
+
+pub mod admin;
+pub mod app;
+pub mod capabilities;
+pub mod manifest;
+pub mod metrics;
+pub mod runtime;
+pub mod runtime_config;
+pub mod trigger;
