@@ -1,1 +1,132 @@
-//! placeholder
+//! Spindle's gateway function: the user-facing API of the video-to-MP3 app.
+//!
+//! - `POST /login` → forwarded to the auth function (Basic → JWT)
+//! - `POST /upload` (Bearer, multipart with one file) → `202` job
+//! - `GET /jobs/{job_id}` (Bearer, owner or admin) → the job's state
+//! - `GET /download?fid=<mp3_fid>` (Bearer, owner or admin) → the MP3,
+//!   streamed, with single byte ranges
+//!
+//! Tokens are checked by auth's `/validate` over `http://auth.spin.internal`;
+//! files live in the `videos` and `mp3s` buckets of the blob capability and
+//! jobs go out on the `video` queue. Every failure is `{"error": "..."}` as
+//! JSON; bad client input is always a 4xx.
+
+mod auth;
+mod bindings;
+mod download;
+mod errors;
+mod jobs;
+mod range;
+mod streams;
+mod upload;
+
+use spin_sdk::http::{HeaderName, Method, Request, StatusCode};
+use spin_sdk::http_service;
+
+use errors::{ApiError, HttpResponse};
+
+/// Uploaded videos; their metadata doubles as the job record.
+pub const VIDEOS_BUCKET: &str = "videos";
+/// Converted MP3s, written by the convert worker.
+pub const MP3S_BUCKET: &str = "mp3s";
+
+#[http_service]
+async fn handle(req: Request) -> HttpResponse {
+    route(req).await.unwrap_or_else(ApiError::into_response)
+}
+
+/// The routes this component serves and the one method each accepts.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Login,
+    Upload,
+    Job(&'a str),
+    Download,
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Result<Self, ApiError> {
+        match path {
+            "/login" => Ok(Route::Login),
+            "/upload" => Ok(Route::Upload),
+            "/download" => Ok(Route::Download),
+            _ => match path.strip_prefix("/jobs/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => Ok(Route::Job(id)),
+                _ if path == "/jobs" || path.starts_with("/jobs/") => Err(ApiError::not_found(
+                    "give a job id: GET /jobs/{job_id}, with the job_id POST /upload returned",
+                )),
+                _ => Err(ApiError::not_found(format!(
+                    "no route for {path}; the gateway serves POST /login, POST /upload, \
+                     GET /jobs/{{job_id}} and GET /download?fid=..."
+                ))),
+            },
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Login | Route::Upload => Method::POST,
+            Route::Job(_) | Route::Download => Method::GET,
+        }
+    }
+}
+
+async fn route(req: Request) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path().to_owned();
+    let route = Route::parse(&path)?;
+    let allowed = route.method();
+    if req.method() != allowed {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} only accepts {allowed}, not {}", req.method()),
+        )
+        .with_header(HeaderName::from_static("allow"), allowed.as_str()));
+    }
+    match route {
+        Route::Login => auth::login(req).await,
+        Route::Upload => {
+            let caller = auth::authenticate(req.headers()).await?;
+            upload::upload(&caller, req).await
+        }
+        Route::Job(id) => {
+            let caller = auth::authenticate(req.headers()).await?;
+            jobs::status(&caller, id).await
+        }
+        Route::Download => {
+            let caller = auth::authenticate(req.headers()).await?;
+            download::download(&caller, &req).await
+        }
+    }
+}
+
+/// The value of metadata `key`, if set.
+pub fn metadata<'m>(metadata: &'m [(String, String)], key: &str) -> Option<&'m str> {
+    metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse("/login").ok(), Some(Route::Login));
+        assert_eq!(Route::parse("/upload").ok(), Some(Route::Upload));
+        assert_eq!(Route::parse("/download").ok(), Some(Route::Download));
+        assert_eq!(Route::parse("/jobs/abc").ok(), Some(Route::Job("abc")));
+        for missing in ["/", "/jobs", "/jobs/", "/jobs/a/b", "/uploads", "/login/x"] {
+            let e = Route::parse(missing).expect_err(missing);
+            assert_eq!(e.status(), StatusCode::NOT_FOUND, "{missing}");
+        }
+    }
+
+    #[test]
+    fn metadata_lookup() {
+        let meta = vec![("owner".to_owned(), "a@b.co".to_owned())];
+        assert_eq!(metadata(&meta, "owner"), Some("a@b.co"));
+        assert_eq!(metadata(&meta, "state"), None);
+    }
+}
