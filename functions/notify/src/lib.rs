@@ -1,1 +1,291 @@
-//! placeholder
+//! Spindle's notify function: for each message on the `mp3` queue it emails
+//! the user that their MP3 is ready, with the job id, the MP3 id and the
+//! download link (DESIGN.md point 6).
+//!
+//! A queue-only component: it exports `spindle:queue/handler@0.1.0` and no
+//! HTTP handler, and uses the `mp3s` bucket (`blob_buckets = ["mp3s"]`), mail
+//! (`send_mail = true`) and the `public_url` variable.
+//!
+//! Outcomes, as the trigger reads them: `ok` acks; `retry` is for trouble
+//! that may pass (storage or mail server unavailable); `reject` dead-letters
+//! messages that can never succeed as they are (malformed, the MP3 is gone,
+//! an undeliverable address) and configuration errors, where retrying
+//! without an operator's fix only delays the dead letter; an operator can
+//! replay it after the fix. Each handling logs one line on stderr.
+//!
+//! # Idempotency
+//!
+//! Delivery is at-least-once, and a redelivered message may carry a new
+//! queue message-id, so the job itself is the key:
+//!
+//! 1. `stat` the MP3; if its metadata has `notified`, the email went out
+//!    already: ack without sending.
+//! 2. Otherwise send, with a Message-ID derived from the job id
+//!    ([`email::message_id`]), then set `notified` to the Message-ID the mail
+//!    capability returned.
+//!
+//! The window that remains: a crash (or a failed metadata update) after the
+//! send and before `notified` is stored, or two deliveries of one message
+//! handled at the same moment, sends the email twice. Both copies carry the
+//! same Message-ID, so mail clients and servers that de-duplicate by
+//! Message-ID show one, and the duplicates are recognisably the same email
+//! rather than two announcements. Closing the window entirely would need the
+//! mail server and the blob store to commit together, which they cannot.
+
+mod email;
+mod message;
+
+mod queue {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../host/platform/src/capabilities/queue/wit",
+        world: "spindle:queue/queue-handler",
+        generate_all,
+    });
+}
+
+mod mail {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../host/platform/src/capabilities/mail/wit",
+        world: "spindle:mail/mail-client",
+        generate_all,
+    });
+}
+
+mod blobs {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../host/platform/src/capabilities/blobs/wit",
+        world: "spindle:blobs/blobs-client",
+        generate_all,
+    });
+}
+
+use blobs::spindle::blobs::store;
+use mail::spindle::mail::mailer;
+use message::Mp3Ready;
+use queue::exports::spindle::queue::handler::{self, Failure};
+
+/// Where the convert worker stores MP3s.
+const BUCKET: &str = "mp3s";
+
+/// The metadata key that records the sent email's Message-ID.
+const NOTIFIED: &str = "notified";
+
+struct Notify;
+
+impl handler::Guest for Notify {
+    async fn handle(delivery: handler::Message) -> Result<(), Failure> {
+        let result = notify(&delivery.body).await;
+        let what = match &result {
+            Ok(done) => done.to_string(),
+            Err(Failure::Retry(reason)) => format!("retry: {reason}"),
+            Err(Failure::Reject(reason)) => format!("reject: {reason}"),
+        };
+        eprintln!(
+            "notify: message {} (attempt {}): {what}",
+            delivery.message_id, delivery.attempt
+        );
+        result.map(drop)
+    }
+}
+
+// Exported only in the component: a native build (for the unit tests) cannot
+// link symbol names like `spindle:queue/handler@0.1.0#handle` into a shared
+// library, and has no host to call them anyway.
+#[cfg(target_family = "wasm")]
+queue::export!(Notify with_types_in queue);
+
+/// What a handled message came to.
+enum Done {
+    Sent {
+        job_id: String,
+        to: String,
+        message_id: String,
+    },
+    /// The send succeeded but `notified` could not be stored; acked anyway,
+    /// because retrying would send a second email now rather than maybe later.
+    SentUnrecorded {
+        job_id: String,
+        message_id: String,
+        error: String,
+    },
+    AlreadySent {
+        job_id: String,
+        notified: String,
+    },
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Done::Sent {
+                job_id,
+                to,
+                message_id,
+            } => write!(f, "job {job_id}: emailed {to} (Message-ID {message_id})"),
+            Done::SentUnrecorded {
+                job_id,
+                message_id,
+                error,
+            } => write!(
+                f,
+                "job {job_id}: emailed (Message-ID {message_id}) but could not record it \
+                 ({error}); a redelivery would send it again"
+            ),
+            Done::AlreadySent { job_id, notified } => write!(
+                f,
+                "job {job_id}: already notified (Message-ID {notified}); not sending again"
+            ),
+        }
+    }
+}
+
+async fn notify(body: &[u8]) -> Result<Done, Failure> {
+    let job = message::parse(body).map_err(|e| Failure::Reject(e.to_string()))?;
+    let info = store::stat(BUCKET.to_string(), job.mp3_fid.clone())
+        .await
+        .map_err(|e| stat_failure(&job, e))?;
+    if let Some((_, notified)) = info.metadata.iter().find(|(k, _)| k == NOTIFIED) {
+        return Ok(Done::AlreadySent {
+            job_id: job.job_id,
+            notified: notified.clone(),
+        });
+    }
+    let public_url = spin_sdk::variables::get("public_url").await.map_err(|e| {
+        Failure::Reject(format!(
+            "the variable public_url is not available ({e}); set it in notify's \
+             [component.notify.variables], then replay this dead letter"
+        ))
+    })?;
+    // `info.id` is the store's canonical spelling of the fid.
+    let ready = email::compose(&job, &info.id, &public_url);
+    let message_id = mailer::send(mailer::Message {
+        to: vec![ready.to.clone()],
+        subject: ready.subject,
+        text: ready.text,
+        message_id: Some(ready.message_id),
+    })
+    .await
+    .map_err(|e| mail_failure(&job, e))?;
+    let record = vec![(NOTIFIED.to_string(), message_id.clone())];
+    match store::update_metadata(BUCKET.to_string(), info.id, record).await {
+        Ok(_) => Ok(Done::Sent {
+            job_id: job.job_id,
+            to: ready.to,
+            message_id,
+        }),
+        Err(e) => Ok(Done::SentUnrecorded {
+            job_id: job.job_id,
+            message_id,
+            error: blob_error_text(&e),
+        }),
+    }
+}
+
+fn blob_error_text(e: &store::Error) -> String {
+    match e {
+        store::Error::PermissionDenied(m)
+        | store::Error::NotFound(m)
+        | store::Error::Invalid(m)
+        | store::Error::Aborted(m)
+        | store::Error::Backend(m) => m.clone(),
+    }
+}
+
+/// Looking the MP3 up failed: only a storage outage is worth retrying.
+fn stat_failure(job: &Mp3Ready, e: store::Error) -> Failure {
+    let (fid, id) = (&job.mp3_fid, &job.job_id);
+    match e {
+        store::Error::NotFound(_) => Failure::Reject(format!(
+            "the MP3 {fid} of job {id} no longer exists in bucket {BUCKET}; there is nothing to announce"
+        )),
+        store::Error::Invalid(m) => Failure::Reject(format!(
+            "the mp3_fid {fid:?} of job {id} is not a file id: {m}"
+        )),
+        store::Error::PermissionDenied(m) => Failure::Reject(format!(
+            "{m}; a configuration error: grant it, then replay this dead letter"
+        )),
+        store::Error::Aborted(m) | store::Error::Backend(m) => Failure::Retry(format!(
+            "blob storage failed while looking up the MP3 {fid} of job {id}: {m}"
+        )),
+    }
+}
+
+/// Sending failed: an unreachable server is worth retrying (the host already
+/// reports a 4xx reply as `unavailable`); the rest needs a person.
+fn mail_failure(job: &Mp3Ready, e: mailer::Error) -> Failure {
+    let (to, id) = (&job.username, &job.job_id);
+    match e {
+        mailer::Error::Unavailable(m) => Failure::Retry(format!(
+            "the mail for job {id} to {to} could not be sent now: {m}"
+        )),
+        mailer::Error::InvalidAddress(m) => Failure::Reject(format!(
+            "the mail for job {id} cannot be sent to {to:?}: {m}"
+        )),
+        mailer::Error::Rejected(m) => Failure::Reject(format!(
+            "the mail server refused the mail for job {id} to {to}: {m}"
+        )),
+        mailer::Error::PermissionDenied(m) => Failure::Reject(format!(
+            "{m}; a configuration error: grant it, then replay this dead letter"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Mp3Ready {
+        Mp3Ready {
+            job_id: "j-1".into(),
+            video_fid: None,
+            mp3_fid: "65a000000000000000000002".into(),
+            username: "me@example.com".into(),
+        }
+    }
+
+    fn is_retry(f: &Failure) -> bool {
+        matches!(f, Failure::Retry(_))
+    }
+
+    #[test]
+    fn only_outages_are_retried() {
+        let j = job();
+        assert!(is_retry(&stat_failure(
+            &j,
+            store::Error::Backend("down".into())
+        )));
+        assert!(is_retry(&stat_failure(
+            &j,
+            store::Error::Aborted("cut".into())
+        )));
+        assert!(is_retry(&mail_failure(
+            &j,
+            mailer::Error::Unavailable("x".into())
+        )));
+        for f in [
+            stat_failure(&j, store::Error::NotFound("gone".into())),
+            stat_failure(&j, store::Error::Invalid("bad".into())),
+            stat_failure(&j, store::Error::PermissionDenied("no".into())),
+            mail_failure(&j, mailer::Error::InvalidAddress("bad".into())),
+            mail_failure(&j, mailer::Error::Rejected("550".into())),
+            mail_failure(&j, mailer::Error::PermissionDenied("no".into())),
+        ] {
+            assert!(!is_retry(&f), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_mp3_says_so() {
+        let Failure::Reject(reason) = stat_failure(&job(), store::Error::NotFound("x".into()))
+        else {
+            panic!("not a reject");
+        };
+        assert!(
+            reason.contains("65a000000000000000000002") && reason.contains("no longer exists"),
+            "{reason}"
+        );
+    }
+}
