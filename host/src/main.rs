@@ -8,13 +8,7 @@ mod up;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    spindle_platform::logging::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Up(args) => tokio::runtime::Builder::new_multi_thread()

@@ -2,14 +2,16 @@
 //! routes, serve until Ctrl-C, then drain.
 
 use crate::cli::UpArgs;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use spindle_platform::app::{App, AppConfig};
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::mail::Mailer;
 use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
 use spindle_platform::runtime::cache::CacheOutcome;
 use spindle_platform::runtime_config::RuntimeConfig;
+use std::collections::HashMap;
 use tokio::net::TcpListener;
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -29,6 +31,27 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
     };
+    let convert_config = convert::ConvertConfig::from_section(runtime_config.convert.as_ref())
+        .context("the runtime config")?;
+    for trigger in &manifest.amqp_triggers {
+        if let AmqpTarget::Worker(name) = trigger.target()
+            && name != convert::WORKER
+        {
+            bail!(
+                "{}: [[trigger.amqp]] for queue `{}` names worker `{name}`, which spindle does not have; the built-in native worker is `{}`",
+                args.manifest.display(),
+                trigger.queue,
+                convert::WORKER
+            );
+        }
+    }
+    // The convert worker runs here unless the runtime config says it runs
+    // elsewhere (`[convert] in_process = false`).
+    let convert_trigger = if convert_config.in_process {
+        convert::trigger(&manifest, &convert_config)
+    } else {
+        None
+    };
     let blobs = BlobStore::connect(
         runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
         &args.state_dir,
@@ -45,6 +68,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 .values()
                 .flat_map(|c| c.publish_queues.iter().map(String::as_str)),
         )
+        .chain(
+            convert_trigger
+                .iter()
+                .flat_map(|_| convert::PUBLISHES.iter().copied()),
+        )
         .collect();
     queues.sort_unstable();
     queues.dedup();
@@ -55,6 +83,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     )
     .await?;
     let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
+    let mut workers = HashMap::new();
+    if let Some(trigger) = &convert_trigger {
+        let handler =
+            convert::handler(blobs.clone(), broker.clone(), &convert_config, trigger).await?;
+        workers.insert(convert::WORKER.to_string(), handler);
+    }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
 
@@ -104,7 +138,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("spindle:blobs: {}", app.blobs().describe());
     tracing::info!("spindle:queue: {}", app.broker().describe());
     tracing::info!("spindle:mail: {}", app.mailer().describe());
-    let consumers = app.start_queue_triggers().await?;
+    let consumers = app.start_queue_triggers(&workers).await?;
     print_routes(&app, listen_addr, admin_addr);
 
     let shutdown = async {

@@ -1,1 +1,121 @@
-fn main() {}
+//! `spindle-convert`: the convert worker on its own, for running it apart
+//! from the HTTP hosts (e.g. a Kubernetes Deployment with ffmpeg in its
+//! image). It reads the same `spin.toml` and runtime config as `spindle up`.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use spindle_platform::capabilities::blobs::BlobStore;
+use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::manifest::Manifest;
+use spindle_platform::runtime_config::RuntimeConfig;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "spindle-convert",
+    version,
+    about = "Convert queued videos to MP3 with ffmpeg"
+)]
+struct Args {
+    /// The application manifest (for the `worker = "convert"` trigger).
+    #[arg(long, short = 'f', default_value = "spin.toml")]
+    manifest: PathBuf,
+    /// Runtime config (TOML): backends and the [convert] section.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Where embedded backends keep their data (when no servers are configured).
+    #[arg(long, default_value = ".spindle")]
+    state_dir: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    spindle_platform::logging::init();
+    let args = Args::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => RuntimeConfig::load(path)?,
+        None => RuntimeConfig::default(),
+    };
+    let config = convert::ConvertConfig::from_section(runtime_config.convert.as_ref())
+        .with_context(|| {
+            format!(
+                "{}",
+                args.runtime_config_file
+                    .as_deref()
+                    .unwrap_or("runtime config".as_ref())
+                    .display()
+            )
+        })?;
+    let trigger = convert::trigger(&manifest, &config).with_context(|| {
+        format!(
+            "{} has no [[trigger.amqp]] with worker = \"{}\"; add one naming the queue to convert",
+            args.manifest.display(),
+            convert::WORKER
+        )
+    })?;
+    let blobs = BlobStore::connect(
+        runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
+        &args.state_dir,
+    )
+    .await?;
+    let mut queues = vec![trigger.queue.as_str()];
+    queues.extend_from_slice(convert::PUBLISHES);
+    let broker = Broker::connect(
+        runtime_config.amqp.as_ref().map(|a| a.url.as_str()),
+        &args.state_dir,
+        &queues,
+    )
+    .await?;
+    tracing::info!("spindle:blobs: {}", blobs.describe());
+    tracing::info!("spindle:queue: {}", broker.describe());
+    let handler = convert::handler(blobs, broker.clone(), &config, &trigger).await?;
+    let consumer = broker
+        .consume(&trigger.queue, trigger.consume_options(), handler)
+        .await
+        .with_context(|| format!("consuming `{}`", trigger.queue))?;
+    println!("Converting videos from queue `{}`", trigger.queue);
+    shutdown_signal().await;
+    // Conversions can take minutes: stop them (ffmpeg is killed with its
+    // handler) and let their messages return to the queue for another worker.
+    tracing::info!("stopping: unfinished conversions go back to the queue");
+    consumer.abort().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -9,9 +9,9 @@ use crate::capabilities::outbound_http::{
     AllowList, InternalDispatch, InternalRouter, OutboundHttp,
 };
 use crate::capabilities::queue::component::PublishState;
-use crate::capabilities::queue::{Broker, ConsumeOptions, Consumer, Handler};
+use crate::capabilities::queue::{Broker, Consumer, Handler};
 use crate::capabilities::variables::AppVariables;
-use crate::manifest::Manifest;
+use crate::manifest::{AmqpTarget, Manifest};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::cache::{CacheOutcome, CompileCache};
@@ -129,7 +129,10 @@ impl App {
                 &manifest.source_path(component),
                 grants,
             )?;
-            let triggered = manifest.amqp_triggers.iter().any(|t| &t.component == id);
+            let triggered = manifest
+                .amqp_triggers
+                .iter()
+                .any(|t| t.component() == Some(id.as_str()));
             match linked.queue {
                 Some(pre) => {
                     queue_components.insert(
@@ -229,30 +232,45 @@ impl App {
     }
 
     /// Starts one consumer per `[[trigger.amqp]]`; stop them to drain.
-    pub async fn start_queue_triggers(&self) -> Result<Vec<Consumer>> {
+    /// Triggers naming a native worker get their handler from `workers`;
+    /// one missing there runs in another process (e.g. its own Deployment)
+    /// and is skipped here.
+    pub async fn start_queue_triggers(
+        &self,
+        workers: &HashMap<String, Handler>,
+    ) -> Result<Vec<Consumer>> {
         let mut consumers = Vec::new();
         for trigger in &self.amqp_triggers {
-            let Some(component) = self.queue_components.get(&trigger.component).cloned() else {
-                bail!("component `{}` has no queue handler", trigger.component);
-            };
-            let handler: Handler = Arc::new(move |delivery| {
-                let component = component.clone();
-                Box::pin(async move { component.invoke(delivery).await })
-            });
-            let opts = ConsumeOptions {
-                prefetch: trigger.concurrency,
-                concurrency: usize::from(trigger.concurrency),
-                max_attempts: trigger.max_attempts,
-                retry_delay: Duration::from_millis(trigger.retry_delay_ms),
+            let (handler, target): (Handler, String) = match trigger.target() {
+                AmqpTarget::Component(id) => {
+                    let Some(component) = self.queue_components.get(id).cloned() else {
+                        bail!("component `{id}` has no queue handler");
+                    };
+                    let handler: Handler = Arc::new(move |delivery| {
+                        let component = component.clone();
+                        Box::pin(async move { component.invoke(delivery).await })
+                    });
+                    (handler, format!("component `{id}`"))
+                }
+                AmqpTarget::Worker(name) => match workers.get(name) {
+                    Some(handler) => (handler.clone(), format!("worker `{name}`")),
+                    None => {
+                        tracing::info!(
+                            queue = %trigger.queue,
+                            "worker `{name}` is not run by this process; it consumes the queue elsewhere"
+                        );
+                        continue;
+                    }
+                },
             };
             let consumer = self
                 .broker
-                .consume(&trigger.queue, opts, handler)
+                .consume(&trigger.queue, trigger.consume_options(), handler)
                 .await
                 .with_context(|| {
                     format!(
-                        "starting [[trigger.amqp]] for queue `{}` → `{}`",
-                        trigger.queue, trigger.component
+                        "starting [[trigger.amqp]] for queue `{}` → {target}",
+                        trigger.queue
                     )
                 })?;
             consumers.push(consumer);

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod capabilities;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;

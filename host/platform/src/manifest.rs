@@ -82,12 +82,17 @@ impl std::fmt::Display for RoutePattern {
     }
 }
 
-/// One `[[trigger.amqp]]` entry: each message on `queue` invokes `component`.
+/// One `[[trigger.amqp]]` entry: each message on `queue` invokes either a
+/// WebAssembly `component` or a native `worker` built into the binary that
+/// runs the app (the convert worker: ffmpeg cannot run inside a component).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTrigger {
     pub queue: String,
-    pub component: String,
+    #[serde(default)]
+    pub component: Option<String>,
+    #[serde(default)]
+    pub worker: Option<String>,
     /// Invocations running at once (default 4).
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
@@ -97,6 +102,39 @@ pub struct AmqpTrigger {
     /// Wait before a failed message is tried again (default 5000).
     #[serde(default = "default_retry_delay_ms")]
     pub retry_delay_ms: u64,
+}
+
+/// What an `[[trigger.amqp]]` entry invokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmqpTarget<'a> {
+    Component(&'a str),
+    Worker(&'a str),
+}
+
+impl AmqpTrigger {
+    /// The validated target (a loaded manifest has exactly one).
+    pub fn target(&self) -> AmqpTarget<'_> {
+        match (&self.component, &self.worker) {
+            (Some(c), _) => AmqpTarget::Component(c),
+            (None, Some(w)) => AmqpTarget::Worker(w),
+            (None, None) => AmqpTarget::Worker(""),
+        }
+    }
+
+    /// The component this trigger invokes, if it invokes one.
+    pub fn component(&self) -> Option<&str> {
+        self.component.as_deref()
+    }
+
+    /// How the consumer should take messages.
+    pub fn consume_options(&self) -> crate::capabilities::queue::ConsumeOptions {
+        crate::capabilities::queue::ConsumeOptions {
+            prefetch: self.concurrency,
+            concurrency: usize::from(self.concurrency),
+            max_attempts: self.max_attempts,
+            retry_delay: std::time::Duration::from_millis(self.retry_delay_ms),
+        }
+    }
 }
 
 fn default_concurrency() -> u16 {
@@ -365,11 +403,26 @@ impl Manifest {
         }
 
         for (i, t) in raw.trigger.amqp.iter().enumerate() {
-            if !raw.component.contains_key(&t.component) {
-                return Err(unknown_component(
-                    format!("trigger.amqp[{i}].component"),
-                    &t.component,
-                ));
+            match (&t.component, &t.worker) {
+                (Some(c), None) if !raw.component.contains_key(c) => {
+                    return Err(unknown_component(format!("trigger.amqp[{i}].component"), c));
+                }
+                (Some(_), None) => {}
+                (None, Some(w)) if w.is_empty() => {
+                    return Err(err(
+                        format!("trigger.amqp[{i}].worker"),
+                        "the worker name is empty".into(),
+                        "name a native worker, e.g. \"convert\"".into(),
+                    ));
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(err(
+                        format!("trigger.amqp[{i}]"),
+                        "it needs exactly one of `component` and `worker`".into(),
+                        "set `component = \"NAME\"` for a WebAssembly handler or `worker = \"convert\"` for a native worker".into(),
+                    ));
+                }
             }
             if t.queue.is_empty() {
                 return Err(err(

@@ -3,6 +3,10 @@
 //!
 //! Every section is optional. A missing backend section selects the embedded
 //! default, so `spindle up` with no file needs no servers at all.
+//!
+//! String values may name environment variables as `${NAME}`, so one file
+//! (e.g. a Kubernetes ConfigMap) can carry the layout while credentials come
+//! from the environment (a Secret). An unset variable is an error.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,6 +36,10 @@ pub struct RuntimeConfig {
     pub variables: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Settings of the native convert worker, parsed by the worker itself
+    /// (`functions/convert`).
+    #[serde(default)]
+    pub convert: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,11 +105,17 @@ impl RuntimeConfig {
             path: shown.clone(),
             source,
         })?;
-        let config: RuntimeConfig =
-            toml::from_str(&text).map_err(|e| RuntimeConfigError::Parse {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
+        let parse_err = |message: String| RuntimeConfigError::Parse {
+            path: shown.clone(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+        for (key, value) in table.iter_mut() {
+            expand_env(value, key, &|name| std::env::var(name).ok()).map_err(parse_err)?;
+        }
+        let config: RuntimeConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let limits = &config.limits;
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(limits.request_timeout_secs)
@@ -118,9 +132,84 @@ impl RuntimeConfig {
     }
 }
 
+/// Replaces `${NAME}` in every string under `value` (at `path`) with the
+/// variable's value. Expansion happens after parsing, so a value containing
+/// quotes or newlines cannot change the file's structure.
+fn expand_env(
+    value: &mut toml::Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("`{path}`: `${{` without a closing `}}`"))?;
+                let name = &after[..end];
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "`{path}`: `${{{name}}}` is not an environment variable name"
+                    ));
+                }
+                let found = lookup(name).ok_or_else(|| {
+                    format!("`{path}` uses ${{{name}}}, which is not set; set the environment variable {name}")
+                })?;
+                out.push_str(&found);
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand_env(v, &format!("{path}.{k}"), lookup)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                expand_env(v, &format!("{path}[{i}]"), lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_references_expand_inside_values_only() {
+        let mut v: toml::Value = toml::from_str(
+            "[mysql]\nurl = \"mysql://app:${DB_PASS}@db/auth\"\nlist = [\"${A}${A}\"]",
+        )
+        .unwrap();
+        let lookup = |n: &str| match n {
+            "DB_PASS" => Some("p\"w'd".to_string()),
+            "A" => Some("x".to_string()),
+            _ => None,
+        };
+        expand_env(&mut v, "", &lookup).unwrap();
+        assert_eq!(
+            v["mysql"]["url"].as_str(),
+            Some("mysql://app:p\"w'd@db/auth")
+        );
+        assert_eq!(v["mysql"]["list"][0].as_str(), Some("xx"));
+
+        let mut missing: toml::Value = toml::from_str("[smtp]\nurl = \"${NOPE}\"").unwrap();
+        let e = expand_env(&mut missing, "", &lookup).unwrap_err();
+        assert!(e.contains("NOPE") && e.contains("not set"), "{e}");
+        let mut bad: toml::Value = toml::from_str("x = \"${a-b}\"").unwrap();
+        assert!(expand_env(&mut bad, "", &lookup).is_err());
+    }
 
     #[test]
     fn design_keys_parse() {

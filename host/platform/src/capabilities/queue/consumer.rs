@@ -46,10 +46,12 @@ impl Consumer {
         tracing::info!(queue = %self.queue, "consumer stopped");
     }
 
-    /// Kills the consumer as a crash would: handlers are dropped mid-way and
-    /// nothing is settled.
-    #[cfg(test)]
-    pub(crate) async fn abort(mut self) {
+    /// Kills the consumer as a crash would: handlers are dropped mid-way
+    /// (a worker's child processes die with them) and nothing is settled,
+    /// so their messages go back to the queue when the process's connection
+    /// closes (RabbitMQ) or the queue is next opened (embedded). For a
+    /// process that exits next and cannot wait for long handlers.
+    pub async fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;

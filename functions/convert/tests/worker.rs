@@ -1,0 +1,416 @@
+//! The convert worker with real ffmpeg, on the embedded blob store and
+//! queue (and RabbitMQ when `SPINDLE_TEST_AMQP_URL` is set): idempotent
+//! redelivery, unreadable input, the time limit, and stopping on SIGTERM.
+
+use convert::{ConvertConfig, JobMessage};
+use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
+use spindle_platform::capabilities::queue::{Broker, ConsumeOptions, Delivery, Handler, Outcome};
+use spindle_platform::manifest::Manifest;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{nanos}")
+}
+
+fn ffmpeg(args: &[&str], out: &Path) {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("running ffmpeg (a prerequisite: install ffmpeg)");
+    assert!(status.success());
+}
+
+fn short_video(dir: &Path) -> PathBuf {
+    let out = dir.join("clip.mp4");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=3:size=160x120:rate=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=3",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+        &out,
+    );
+    out
+}
+
+/// 15 minutes of audio: several seconds of work for libmp3lame.
+fn long_audio(dir: &Path) -> PathBuf {
+    let out = dir.join("long.wav");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=900:sample_rate=44100",
+            "-c:a",
+            "pcm_s16le",
+        ],
+        &out,
+    );
+    out
+}
+
+fn manifest(dir: &Path, queue: &str) -> PathBuf {
+    let path = dir.join("spin.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"convert-test\"\n[[trigger.amqp]]\nqueue = \"{queue}\"\nworker = \"convert\"\nconcurrency = 1\nmax_attempts = 3\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Stores `file` in `videos` the way the gateway does.
+async fn store_video(blobs: &BlobStore, file: &Path, job_id: &str) -> FileInfo {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let bytes = std::fs::read(file).unwrap();
+    let send = async move {
+        for chunk in bytes.chunks(256 * 1024) {
+            tx.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+    };
+    let meta = NewFile {
+        filename: file.file_name().unwrap().to_string_lossy().into_owned(),
+        content_type: None,
+        metadata: vec![
+            ("owner".into(), "user@example.com".into()),
+            ("job_id".into(), job_id.into()),
+            ("state".into(), "queued".into()),
+        ],
+    };
+    let (_, stored) = tokio::join!(send, blobs.create("videos", meta, rx));
+    stored.unwrap()
+}
+
+fn message(job_id: &str, video_fid: &str) -> Vec<u8> {
+    serde_json::to_vec(&JobMessage {
+        v: 1,
+        job_id: job_id.into(),
+        video_fid: video_fid.into(),
+        mp3_fid: None,
+        username: "user@example.com".into(),
+    })
+    .unwrap()
+}
+
+fn delivery(body: Vec<u8>, attempt: u32) -> Delivery {
+    Delivery {
+        queue: "video".into(),
+        body,
+        attempt,
+        message_id: unique("m"),
+    }
+}
+
+fn meta(info: &FileInfo, key: &str) -> Option<String> {
+    info.metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
+struct Worker {
+    blobs: BlobStore,
+    broker: Broker,
+    handler: Handler,
+}
+
+async fn worker(dir: &Path, config: &str) -> Worker {
+    let blobs = BlobStore::connect(None, dir).await.unwrap();
+    let broker = Broker::connect(None, dir, &["video", "mp3"]).await.unwrap();
+    let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
+    let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
+    let trigger = convert::trigger(&manifest, &config).unwrap();
+    let handler = convert::handler(blobs.clone(), broker.clone(), &config, &trigger)
+        .await
+        .unwrap();
+    Worker {
+        blobs,
+        broker,
+        handler,
+    }
+}
+
+/// Collects what arrives on `queue` until `n` messages or the timeout.
+async fn collect(broker: &Broker, queue: &str, n: usize) -> Vec<Delivery> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let handler: Handler = Arc::new(move |d| {
+        sink.lock().unwrap().push(d);
+        Box::pin(async { Outcome::Ack })
+    });
+    let consumer = broker
+        .consume(queue, ConsumeOptions::default(), handler)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.stop().await;
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_message_makes_no_second_mp3() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &short_video(dir.path()), "job-1").await;
+    let body = message("job-1", &video.id);
+
+    assert_eq!((w.handler)(delivery(body.clone(), 1)).await, Outcome::Ack);
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("done"));
+    let mp3_fid = meta(&after, "mp3_fid").expect("done names the MP3");
+    let mp3 = w.blobs.stat("mp3s", &mp3_fid).await.unwrap();
+    assert_eq!(mp3.content_type.as_deref(), Some("audio/mpeg"));
+    assert_eq!(mp3.filename, "clip.mp3");
+    assert_eq!(meta(&mp3, "owner").as_deref(), Some("user@example.com"));
+    assert!(mp3.length > 10_000, "3 s of MP3: {} bytes", mp3.length);
+
+    // Delivered again (at-least-once): the same MP3 is announced again.
+    assert_eq!((w.handler)(delivery(body, 1)).await, Outcome::Ack);
+    assert_eq!(
+        w.blobs.find("mp3s", "job_id", "job-1").await.unwrap().len(),
+        1
+    );
+    let announced = collect(&w.broker, "mp3", 2).await;
+    assert_eq!(announced.len(), 2);
+    for d in &announced {
+        let m: JobMessage = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(m.mp3_fid.as_deref(), Some(mp3_fid.as_str()));
+        assert_eq!(
+            (m.job_id.as_str(), m.video_fid.as_str()),
+            ("job-1", video.id.as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_upload_fails_the_job_and_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "not a video at all\n".repeat(100)).unwrap();
+    let video = store_video(&w.blobs, &text, "job-2").await;
+
+    let outcome = (w.handler)(delivery(message("job-2", &video.id), 1)).await;
+    let Outcome::DeadLetter(reason) = outcome else {
+        panic!("expected a dead letter, got {outcome:?}");
+    };
+    assert!(reason.contains("not a video or audio file"), "{reason}");
+    assert!(
+        reason.contains("notes.mp4") && !reason.contains("spindle-convert-"),
+        "{reason}"
+    );
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("failed"));
+    assert_eq!(meta(&after, "error"), Some(reason));
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "job-2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The worker keeps going: malformed and orphaned messages are dead letters too.
+    assert!(matches!(
+        (w.handler)(delivery(b"{not json".to_vec(), 1)).await,
+        Outcome::DeadLetter(r) if r.contains("not a video job")
+    ));
+    assert!(matches!(
+        (w.handler)(delivery(message("job-3", "0123456789abcdef01234567"), 1)).await,
+        Outcome::DeadLetter(r) if r.contains("gone")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_time_limit_stops_ffmpeg_and_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "time_limit_secs = 1").await;
+    let video = store_video(&w.blobs, &long_audio(dir.path()), "job-4").await;
+    let started = Instant::now();
+    let outcome = (w.handler)(delivery(message("job-4", &video.id), 1)).await;
+    let Outcome::DeadLetter(reason) = outcome else {
+        panic!("expected a dead letter, got {outcome:?}");
+    };
+    assert!(reason.contains("longer than the limit of 1 s"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("failed"));
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "job-4")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Pids of ffmpeg processes whose command line mentions `needle`.
+fn ffmpeg_pids(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.starts_with("ffmpeg") && cmdline.contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Runs `spindle-convert`, waits until ffmpeg works on the job, sends
+/// SIGTERM, and checks the worker stopped ffmpeg and exited.
+fn terminate_mid_conversion(dir: &Path, manifest: &Path, runtime_config: &Path) {
+    let work = dir.join("work");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spindle-convert"))
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--runtime-config-file")
+        .arg(runtime_config)
+        .arg("--state-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ffmpeg_pids(&work.display().to_string()).is_empty() {
+        assert!(Instant::now() < deadline, "ffmpeg never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the worker exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(10),
+            "the worker did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        exit.success(),
+        "the worker exits cleanly on SIGTERM: {exit}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ffmpeg_pids(&work.display().to_string()).is_empty() {
+        assert!(Instant::now() < deadline, "ffmpeg outlived the worker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_ffmpeg_and_returns_the_message_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "video");
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[convert]\nwork_dir = \"{}\"\n",
+            dir.path().join("work").display()
+        ),
+    )
+    .unwrap();
+    let video_fid = {
+        let blobs = BlobStore::connect(None, dir.path()).await.unwrap();
+        let broker = Broker::connect(None, dir.path(), &["video", "mp3"])
+            .await
+            .unwrap();
+        let video = store_video(&blobs, &long_audio(dir.path()), "job-5").await;
+        broker
+            .publish("video", &message("job-5", &video.id))
+            .await
+            .unwrap();
+        video.id
+    };
+    terminate_mid_conversion(dir.path(), &manifest, &rc);
+
+    let broker = Broker::connect(None, dir.path(), &["video"]).await.unwrap();
+    let back = collect(&broker, "video", 1).await;
+    assert_eq!(back.len(), 1, "the message is back on the queue");
+    assert_eq!(
+        back[0].attempt, 1,
+        "an interrupted conversion is not a failed attempt"
+    );
+    let job: JobMessage = serde_json::from_slice(&back[0].body).unwrap();
+    assert_eq!(job.video_fid, video_fid);
+    let blobs = BlobStore::connect(None, dir.path()).await.unwrap();
+    assert!(
+        blobs
+            .find("mp3s", "job_id", "job-5")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_ffmpeg_and_returns_the_message_rabbitmq() {
+    let Ok(amqp) = std::env::var("SPINDLE_TEST_AMQP_URL") else {
+        eprintln!("SKIPPED: set SPINDLE_TEST_AMQP_URL to run the worker against RabbitMQ");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let queue = unique("video");
+    let manifest = manifest(dir.path(), &queue);
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[amqp]\nurl = \"{amqp}\"\n[convert]\nwork_dir = \"{}\"\n",
+            dir.path().join("work").display()
+        ),
+    )
+    .unwrap();
+    let blobs = BlobStore::connect(None, dir.path()).await.unwrap();
+    let broker = Broker::connect(Some(&amqp), dir.path(), &[queue.as_str()])
+        .await
+        .unwrap();
+    let video = store_video(&blobs, &long_audio(dir.path()), "job-6").await;
+    broker
+        .publish(&queue, &message("job-6", &video.id))
+        .await
+        .unwrap();
+    drop(blobs);
+    terminate_mid_conversion(dir.path(), &manifest, &rc);
+
+    let back = collect(&broker, &queue, 1).await;
+    assert_eq!(back.len(), 1, "the unacked message returned to {queue}");
+    let job: JobMessage = serde_json::from_slice(&back[0].body).unwrap();
+    assert_eq!(job.video_fid, video.id);
+}
