@@ -13,6 +13,8 @@ use spin_sdk::http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, box_body, send,
 };
 
+use spin_sdk::wasip3::http::types::ErrorCode;
+
 use crate::errors::{ApiError, HttpResponse};
 
 const LOGIN_URL: &str = "http://auth.spin.internal/login";
@@ -120,10 +122,16 @@ async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiErro
     let request = builder
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(format!("could not build the request to auth: {e}")))?;
-    let response = send(request).await.map_err(|e| {
-        ApiError::unavailable(format!(
+    let response = send(request).await.map_err(|e| match e {
+        // The manifest does not let this component call auth: no client
+        // can fix that, and retrying will not help.
+        ErrorCode::HttpRequestDenied => ApiError::internal(
+            "server misconfigured: the gateway may not call the auth service; add \
+             \"http://auth.spin.internal\" to its allowed_outbound_hosts in spin.toml",
+        ),
+        e => ApiError::unavailable(format!(
             "the auth service is unreachable, try again later: {e}"
-        ))
+        )),
     })?;
     let status = response.status();
     let content_type = response.headers().get("content-type").cloned();

@@ -3,7 +3,7 @@
 //!
 //! The file goes from the request body through `multer` into the blob
 //! store's `create` stream a body frame at a time (see
-//! [`OneChunkPerPoll`]), with the parser and `create` running concurrently,
+//! [`BoundedReadAhead`]), with the parser and `create` running concurrently,
 //! so memory stays flat however large the upload. The client gets `202`
 //! only once the video is stored and the broker has confirmed the job
 //! message; on every failure after the video was stored it is deleted
@@ -21,7 +21,7 @@ use crate::auth::Caller;
 use crate::bindings::blobs::{store, wit_stream};
 use crate::bindings::queue::publisher;
 use crate::errors::{ApiError, HttpResponse, blob_error, json, publish_error};
-use crate::streams::OneChunkPerPoll;
+use crate::streams::BoundedReadAhead;
 
 /// The queue the convert worker consumes.
 pub const VIDEO_QUEUE: &str = "video";
@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Form fields other than the file are ignored, but read; this bounds what
 /// reading one may cost.
 pub const MAX_FIELD_BYTES: u64 = 64 * 1024;
+
+/// How much of the request body the multipart parser may buffer ahead of
+/// the blob store (see [`BoundedReadAhead`]).
+const READ_AHEAD_BYTES: usize = 256 * 1024;
 
 /// Longest stored filename, in characters.
 const MAX_FILENAME_CHARS: usize = 255;
@@ -87,7 +91,7 @@ pub async fn upload(caller: &Caller, req: Request) -> Result<HttpResponse, ApiEr
         return Err(too_large(max));
     }
 
-    let body = OneChunkPerPoll::new(BodyDataStream::new(req.into_body()));
+    let body = BoundedReadAhead::new(BodyDataStream::new(req.into_body()), READ_AHEAD_BYTES);
     let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(max));
     let mut form = Multipart::with_constraints(body, boundary, constraints);
     let job_id = uuid::Uuid::new_v4().hyphenated().to_string();
