@@ -55,6 +55,11 @@ pub fn download_link(public_url: &str, mp3_fid: &str) -> String {
 }
 
 /// The email for `job`, whose MP3 is stored as `mp3_fid`.
+///
+/// Lines stay under 75 characters for a `public_url` of up to 30 characters, so the mail
+/// goes out as plain 7-bit text and an `.eml` in the outbox reads as is
+/// (longer lines make lettre switch to quoted-printable, which is still
+/// correct but hard to read raw).
 pub fn compose(job: &Mp3Ready, mp3_fid: &str, public_url: &str) -> ReadyEmail {
     let link = download_link(public_url, mp3_fid);
     let text = format!(
@@ -62,18 +67,21 @@ pub fn compose(job: &Mp3Ready, mp3_fid: &str, public_url: &str) -> ReadyEmail {
          \n\
          the MP3 of your video is ready.\n\
          \n\
-         Job:      {job_id}\n\
-         MP3 id:   {mp3_fid}\n\
-         Download: {link}\n\
+         Job:     {job_id}\n\
+         MP3 id:  {mp3_fid}\n\
          \n\
-         The download needs the token you got when you logged in: send it as\n\
-         \"Authorization: Bearer <token>\", for example\n\
+         Download it from\n\
          \n\
-         \x20 curl -H \"Authorization: Bearer $TOKEN\" -o job.mp3 '{link}'\n\
+         \x20 {link}\n\
+         \n\
+         The download needs the token you got when you logged in: send it\n\
+         as \"Authorization: Bearer <token>\", for example\n\
+         \n\
+         \x20 curl -H \"Authorization: Bearer $TOKEN\" -o job.mp3 \\\n\
+         \x20   '{link}'\n\
          \n\
          Only you (and an administrator) can download it.\n\
          \n\
-         -- \n\
          Spindle\n",
         job_id = job.job_id,
     );
@@ -108,7 +116,7 @@ mod tests {
         assert_eq!(mail.to, "me@example.com");
         assert_eq!(mail.subject, "Your MP3 is ready");
         assert!(mail.text.contains("3f2a9c1e-77b0-4d8e-9a51-0c6f1e2d3b4a"));
-        assert!(mail.text.contains("MP3 id:   65a000000000000000000002"));
+        assert!(mail.text.contains("MP3 id:  65a000000000000000000002"));
         assert!(
             mail.text
                 .contains("https://mp3.example.com/download?fid=65a000000000000000000002"),
@@ -120,6 +128,17 @@ mod tests {
             mail.message_id,
             "mp3-ready.3f2a9c1e-77b0-4d8e-9a51-0c6f1e2d3b4a@spindle.local"
         );
+    }
+
+    #[test]
+    fn lines_stay_short_enough_for_7bit() {
+        let public_url = "https://mp3s.example.com:8443/"; // 30 characters
+        let mail = compose(&job(), "65a000000000000000000002", public_url);
+        for line in mail.text.lines() {
+            assert!(line.len() < 75, "{line:?} is {} long", line.len());
+            assert!(!line.ends_with(' '), "{line:?} ends in a space");
+        }
+        assert!(mail.text.is_ascii());
     }
 
     #[test]
