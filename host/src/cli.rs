@@ -21,6 +21,55 @@ pub enum Command {
     Up(UpArgs),
     /// Run the components' build commands.
     Build(BuildArgs),
+    /// Hot-redeploy one component to a running `spindle up`.
+    Deploy(DeployArgs),
+    /// Return a component to its previous version.
+    Rollback(RollbackArgs),
+    /// List the components of a running `spindle up`: versions, routes, queues.
+    Status(StatusArgs),
+}
+
+/// Where the running host's admin API is.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The admin API of `spindle up` (its --admin-listen). The token, when
+    /// needed, is read from SPINDLE_ADMIN_TOKEN.
+    #[arg(
+        long,
+        env = "SPINDLE_ADMIN_URL",
+        default_value = "http://127.0.0.1:3001"
+    )]
+    pub admin: String,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The component to replace.
+    pub component: String,
+    /// The new component [default: its `source` in the manifest].
+    pub wasm: Option<PathBuf>,
+    /// The manifest naming the component's source.
+    #[arg(long, short = 'f', default_value = "spin.toml")]
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The component to roll back.
+    pub component: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print the admin API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Args)]

@@ -3,9 +3,16 @@
 
 mod builder;
 mod cli;
+mod client;
 mod up;
 
 use clap::Parser;
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
 
 fn main() -> std::process::ExitCode {
     spindle_platform::logging::init();
@@ -19,6 +26,15 @@ fn main() -> std::process::ExitCode {
         cli::Command::Build(args) => spindle_platform::manifest::Manifest::load(&args.manifest)
             .map_err(anyhow::Error::from)
             .and_then(|m| builder::build(&m, &args.components)),
+        cli::Command::Deploy(args) => {
+            client_runtime().and_then(|rt| rt.block_on(client::deploy(args)))
+        }
+        cli::Command::Rollback(args) => {
+            client_runtime().and_then(|rt| rt.block_on(client::rollback(args)))
+        }
+        cli::Command::Status(args) => {
+            client_runtime().and_then(|rt| rt.block_on(client::status(args.admin, args.json)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

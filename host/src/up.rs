@@ -3,6 +3,7 @@
 
 use crate::cli::UpArgs;
 use anyhow::{Context, Result, bail};
+use spindle_platform::admin::AdminListener;
 use spindle_platform::app::{App, AppConfig};
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::mail::Mailer;
@@ -96,15 +97,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}; pick another --listen", args.listen))?;
     let listen_addr = listener.local_addr()?;
-    let admin = TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for the admin API; pick another --admin-listen",
-                args.admin_listen
-            )
-        })?;
+    let admin =
+        AdminListener::bind(args.admin_listen, std::env::var("SPINDLE_ADMIN_TOKEN").ok()).await?;
     let admin_addr = admin.local_addr()?;
+    // Hot-redeployed components run instead of the manifest's sources.
+    let deployed = spindle_platform::deploy::load_deployed(&blobs, &manifest).await?;
 
     let config = AppConfig {
         manifest,
@@ -119,6 +116,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         blobs,
         broker,
         mailer,
+        deployed,
+        host_id: host_id(listen_addr),
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
 
@@ -139,6 +138,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("spindle:queue: {}", app.broker().describe());
     tracing::info!("spindle:mail: {}", app.mailer().describe());
     let consumers = app.start_queue_triggers(&workers).await?;
+    // Deploys made through other hosts; the task ends with the process.
+    let _follower = app
+        .follow_deploys()
+        .await
+        .context("subscribing to deploy events")?;
     print_routes(&app, listen_addr, admin_addr);
 
     let shutdown = async {
@@ -166,6 +170,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// Names this host in deploy records: the host name (the pod name on
+/// Kubernetes) and the HTTP address.
+fn host_id(listen: std::net::SocketAddr) -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{name}@{listen}")
+}
+
 fn print_routes(app: &App, listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
     println!("Serving http://{listen}");
     println!("Available Routes:");
@@ -181,5 +197,5 @@ fn print_routes(app: &App, listen: std::net::SocketAddr, admin: std::net::Socket
         };
         println!("  {}: http://{listen}{shown}{suffix}", route.component);
     }
-    println!("Admin http://{admin} (/healthz, /readyz, /metrics)");
+    println!("Admin http://{admin} (/healthz, /readyz, /metrics, /components)");
 }

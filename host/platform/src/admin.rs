@@ -1,15 +1,77 @@
 //! The admin listener: liveness, readiness and Prometheus metrics, on an
-//! address of its own so probes and scrapes never queue behind user traffic.
+//! address of its own so probes and scrapes never queue behind user traffic,
+//! and the deploy API:
+//!
+//! - `GET /components`: per component, the running version (sha256 prefix),
+//!   when, how and from where it was deployed, its history, routes and queues.
+//! - `PUT /components/NAME`: the body is a component (at most
+//!   [`MAX_COMPONENT_BYTES`], else 413) to hot-redeploy as NAME; the
+//!   `spindle-source` header says where it came from (for the record).
+//!   200 with what changed; 404 for a component not in the manifest; 422
+//!   when it is refused (the message says why; the old version serves on).
+//! - `POST /components/NAME/rollback`: back to the previous version (409
+//!   when there is none).
+//!
+//! Access: when a token is configured (`SPINDLE_ADMIN_TOKEN`), the deploy
+//! API and `/queues/*/dead-letters` need `Authorization: Bearer TOKEN`
+//! (compared in constant time; 401 otherwise, before anything is read or
+//! changed). `spindle up` refuses to listen beyond loopback without one.
+//! `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
 
 use crate::app::App;
+use crate::deploy::Action;
 use crate::trigger::http::{host_response, json_error};
+use anyhow::Context;
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
-async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
+/// The largest component the deploy API accepts.
+pub const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The header a deploy names its source file in.
+pub const SOURCE_HEADER: &str = "spindle-source";
+
+/// Whether `request` carries `Authorization: Bearer <token>`.
+fn authorized(token: Option<&str>, request: &http::request::Parts) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = request
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Lengths may differ; `ct_eq` on slices is then false without leaking
+    // where they differ.
+    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+}
+
+async fn route(
+    app: &App,
+    token: Option<&str>,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<WasiBody> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let protected = path.starts_with("/components") || path.starts_with("/queues/");
+    if protected && !authorized(token, &parts) {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "this admin endpoint needs `Authorization: Bearer $SPINDLE_ADMIN_TOKEN` (the token spindle up was started with)",
+        );
+    }
+    if path == "/components" || path.starts_with("/components/") {
+        return components(app, &parts, body, &path["/components".len()..]).await;
+    }
+    let path = path.as_str();
     match path {
         "/healthz" => host_response(
             StatusCode::OK,
@@ -41,9 +103,86 @@ async fn route(app: &App, path: &str) -> http::Response<WasiBody> {
         _ => json_error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no admin endpoint {path}; try /healthz, /readyz, /metrics or /queues/QUEUE/dead-letters"
+                "no admin endpoint {path}; try /healthz, /readyz, /metrics, /components or /queues/QUEUE/dead-letters"
             ),
         ),
+    }
+}
+
+/// The deploy API; `rest` is the path after `/components`.
+async fn components(
+    app: &App,
+    parts: &http::request::Parts,
+    body: hyper::body::Incoming,
+    rest: &str,
+) -> http::Response<WasiBody> {
+    let json = |status, value: serde_json::Value| {
+        host_response(status, "application/json", value.to_string())
+    };
+    let method = &parts.method;
+    let name = rest.trim_start_matches('/');
+    let result = match (method, name.split_once('/')) {
+        (&http::Method::GET, _) if name.is_empty() => {
+            return json(StatusCode::OK, app.deploy_status().await);
+        }
+        (&http::Method::PUT, None) if !name.is_empty() => {
+            let wasm = match read_component(parts, body).await {
+                Ok(wasm) => wasm,
+                Err(response) => return response,
+            };
+            let source = parts
+                .headers
+                .get(SOURCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("admin API")
+                .to_string();
+            app.deploy(name, wasm.to_vec(), Action::Deploy, &source)
+                .await
+        }
+        (&http::Method::POST, Some((name, "rollback"))) => app.rollback(name).await,
+        _ => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no admin endpoint {method} /components{rest}; try GET /components, PUT /components/NAME or POST /components/NAME/rollback"
+                ),
+            );
+        }
+    };
+    match result {
+        Ok(report) => json(StatusCode::OK, report.to_json()),
+        Err(e) => json_error(e.status(), &e.to_string()),
+    }
+}
+
+async fn read_component(
+    parts: &http::request::Parts,
+    body: hyper::body::Incoming,
+) -> Result<Bytes, http::Response<WasiBody>> {
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a component may be at most {MAX_COMPONENT_BYTES} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_COMPONENT_BYTES as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, MAX_COMPONENT_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("reading the component failed: {e}"),
+        )),
     }
 }
 
@@ -77,11 +216,45 @@ async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
     }
 }
 
-pub async fn serve(
+/// The admin listener's socket and the token its deploy API requires.
+pub struct AdminListener {
     listener: TcpListener,
+    token: Option<Arc<str>>,
+}
+
+impl AdminListener {
+    /// Binds `addr`. An address beyond loopback needs a token (an empty
+    /// one counts as none): anyone who can reach the deploy API can run
+    /// code on the host.
+    pub async fn bind(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Self> {
+        let token = token.filter(|t| !t.is_empty());
+        if !addr.ip().is_loopback() && token.is_none() {
+            anyhow::bail!(
+                "the admin API would listen on {addr}, beyond loopback, without a token; set SPINDLE_ADMIN_TOKEN (clients send it as `Authorization: Bearer ...`) or use --admin-listen 127.0.0.1:PORT"
+            );
+        }
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for the admin API; pick another --admin-listen")
+        })?;
+        Ok(AdminListener {
+            listener,
+            token: token.map(Into::into),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Serves the admin API until `shutdown`; with a token, the deploy API and
+/// dead letters need it (see the module docs).
+pub async fn serve(
+    admin: AdminListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let AdminListener { listener, token } = admin;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -95,12 +268,15 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
         };
         let app = app.clone();
-        let service = hyper::service::service_fn(
-            move |req: http::Request<hyper::body::Incoming>| {
+        let token = token.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&app, req.uri().path()).await) }
-            },
-        );
+                let token = token.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(route(&app, token.as_deref(), req).await)
+                }
+            });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -1,5 +1,19 @@
 //! The running application: the manifest, every component compiled and
 //! linked with its grants, the HTTP routes, and the shared backends.
+//!
+//! ## Swappable components
+//!
+//! Components live in one map, `component id → Running` (the HTTP and
+//! queue entry points of the version that serves, plus its version record),
+//! behind a `std::sync::RwLock` that is held only to clone or replace an
+//! `Arc`, never across an `.await`. Every HTTP request, internal
+//! (`*.spin.internal`) call and queue delivery clones the `Arc` of the
+//! version running when it starts, so in-flight work finishes on that
+//! version while new work sees a swap at once; the old version is dropped
+//! when its last user ends. A lock rather than `arc-swap`: reads are one
+//! uncontended read-lock plus a clone, and writes (deploys) are rare, so a
+//! new dependency would buy nothing measurable. Hot redeploy itself
+//! (compile, check, store, swap, fan out) is in [`crate::deploy`].
 
 use crate::capabilities::blobs::{BlobStore, BlobsState};
 use crate::capabilities::mail::Mailer;
@@ -9,14 +23,15 @@ use crate::capabilities::outbound_http::{
     AllowList, InternalDispatch, InternalRouter, OutboundHttp,
 };
 use crate::capabilities::queue::component::PublishState;
-use crate::capabilities::queue::{Broker, Consumer, Handler};
+use crate::capabilities::queue::{Broker, Consumer, Handler, Outcome};
 use crate::capabilities::variables::AppVariables;
+use crate::deploy::{Deployed, VersionRecord};
 use crate::manifest::{AmqpTarget, Manifest};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::cache::{CacheOutcome, CompileCache};
 use crate::runtime::component::LinkedComponent;
-use crate::runtime::instance::Grants;
+use crate::runtime::instance::{Grants, InstanceState};
 use crate::runtime_config::RuntimeConfig;
 use crate::trigger::amqp::QueueComponent;
 use crate::trigger::http::handler::{HttpComponent, InvokeError};
@@ -26,8 +41,10 @@ use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// Everything needed to assemble an application.
@@ -44,6 +61,12 @@ pub struct AppConfig {
     pub blobs: BlobStore,
     pub broker: Broker,
     pub mailer: Mailer,
+    /// Components hot-redeployed earlier (read from the blob store by
+    /// [`crate::deploy::load_deployed`]); they run instead of the manifest's
+    /// `source`.
+    pub deployed: HashMap<String, Deployed>,
+    /// Names this host in version records (e.g. the pod name).
+    pub host_id: String,
 }
 
 /// What loading one component found, for the start-up summary.
@@ -54,11 +77,110 @@ pub struct ComponentInfo {
     pub load_time: Duration,
 }
 
+/// One version of a component, ready to serve.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub(crate) http: Option<Arc<HttpComponent>>,
+    pub(crate) queue: Option<Arc<QueueComponent>>,
+    /// The component's bytes, so this version can be stored as the base
+    /// of the deploy history the first time another one replaces it.
+    pub(crate) wasm: Arc<[u8]>,
+    pub(crate) record: VersionRecord,
+}
+
+/// The running version of every component, swapped by deploys.
+pub(crate) type Components = Arc<RwLock<HashMap<String, Running>>>;
+
+/// What compiling and linking another version of a component needs.
+pub(crate) struct Loader {
+    engine: Engine,
+    cache: CompileCache,
+    linker: Linker<InstanceState>,
+    grants: HashMap<String, Grants>,
+    limits: crate::runtime_config::Limits,
+    metrics: Arc<Metrics>,
+    pub(crate) manifest: Manifest,
+}
+
+/// A linked version, not yet serving.
+pub(crate) struct Linked {
+    pub(crate) http: Option<Arc<HttpComponent>>,
+    pub(crate) queue: Option<Arc<QueueComponent>>,
+    pub(crate) digest: String,
+    pub(crate) cache: CacheOutcome,
+}
+
+impl Loader {
+    /// Compiles (or loads from the cache) and links `wasm` as component
+    /// `id` with its grants, and checks it can play its part: an HTTP
+    /// export when routed, a queue handler when triggered. With
+    /// `check_grants`, every capability it imports must be granted (hot
+    /// redeploys; see [`crate::deploy::check_grants`]). CPU-bound.
+    pub(crate) fn link(&self, id: &str, wasm: &[u8], check_grants: bool) -> Result<Linked> {
+        let Some(component) = self.manifest.components.get(id) else {
+            bail!("no component `{id}` in the manifest");
+        };
+        let grants = self
+            .grants
+            .get(id)
+            .cloned()
+            .with_context(|| format!("no grants for component `{id}`"))?;
+        let linked =
+            LinkedComponent::from_bytes(&self.engine, &self.cache, &self.linker, id, wasm, grants)?;
+        if check_grants {
+            crate::deploy::check_grants(id, component, &linked.imports)?;
+        }
+        let triggered = self
+            .manifest
+            .amqp_triggers
+            .iter()
+            .any(|t| t.component() == Some(id));
+        let queue = match linked.queue {
+            Some(pre) => Some(Arc::new(QueueComponent::new(
+                id,
+                self.engine.clone(),
+                pre,
+                linked.grants.clone(),
+                self.limits.clone(),
+            ))),
+            None if triggered => bail!(
+                "component `{id}` is used by [[trigger.amqp]] but does not export {}; export the queue handler interface",
+                crate::capabilities::queue::component::HANDLER_EXPORT
+            ),
+            None => None,
+        };
+        let routed = self.manifest.http_routes.iter().any(|r| r.component == id);
+        let http = match linked.http {
+            Some(pre) => Some(Arc::new(HttpComponent::new(
+                id,
+                self.engine.clone(),
+                pre,
+                linked.grants,
+                self.limits.clone(),
+                self.metrics.clone(),
+            ))),
+            None if routed => bail!(
+                "component `{id}` is routed by [[trigger.http]] but does not export wasi:http/handler@0.3 or wasi:http/incoming-handler@0.2; build it as an HTTP component"
+            ),
+            None => None,
+        };
+        Ok(Linked {
+            http,
+            queue,
+            digest: linked.digest,
+            cache: linked.cache,
+        })
+    }
+}
+
 pub struct App {
     router: Router,
     amqp_triggers: Vec<crate::manifest::AmqpTrigger>,
-    components: HashMap<String, Arc<HttpComponent>>,
-    queue_components: HashMap<String, Arc<QueueComponent>>,
+    pub(crate) components: Components,
+    pub(crate) loader: Arc<Loader>,
+    pub(crate) host_id: String,
+    /// One deploy, rollback or replica update at a time on this host.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     info: Vec<ComponentInfo>,
     metrics: Arc<Metrics>,
     sql: Arc<SqlBackends>,
@@ -84,6 +206,8 @@ impl App {
             blobs,
             broker,
             mailer,
+            mut deployed,
+            host_id,
         } = config;
         let runtime = Runtime::new(runtime_config.limits.clone())?;
         let cache = CompileCache::new(runtime.engine(), &cache_dir)?;
@@ -107,84 +231,96 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let internal: InternalRouter = Arc::new(OnceLock::new());
 
+        let mut grants = HashMap::new();
+        for (id, component) in &manifest.components {
+            let allowed = AllowList::new(&component.allowed_outbound_hosts);
+            grants.insert(
+                id.clone(),
+                Grants {
+                    outbound: OutboundHttp::new(id, allowed.clone(), internal.clone()),
+                    variables: variables.for_component(&component.variables),
+                    mysql: MysqlState::new(id, sql.clone(), &component.mysql_databases, allowed),
+                    blobs: BlobsState::new(id, blobs.clone(), &component.blob_buckets),
+                    publish: PublishState::new(id, broker.clone(), &component.publish_queues),
+                    mail: MailState::new(id, mailer.clone(), component.send_mail),
+                },
+            );
+        }
+        let loader = Arc::new(Loader {
+            engine: runtime.engine().clone(),
+            cache,
+            linker,
+            grants,
+            limits: runtime.limits().clone(),
+            metrics: metrics.clone(),
+            manifest: manifest.clone(),
+        });
+
         let mut components = HashMap::new();
-        let mut queue_components = HashMap::new();
         let mut info = Vec::new();
         for (id, component) in &manifest.components {
             let started = Instant::now();
-            let allowed = AllowList::new(&component.allowed_outbound_hosts);
-            let grants = Grants {
-                outbound: OutboundHttp::new(id, allowed.clone(), internal.clone()),
-                variables: variables.for_component(&component.variables),
-                mysql: MysqlState::new(id, sql.clone(), &component.mysql_databases, allowed),
-                blobs: BlobsState::new(id, blobs.clone(), &component.blob_buckets),
-                publish: PublishState::new(id, broker.clone(), &component.publish_queues),
-                mail: MailState::new(id, mailer.clone(), component.send_mail),
+            // A deployed version that no longer links (e.g. a grant was
+            // removed from the manifest since) falls back to the manifest's.
+            let redeployed =
+                deployed
+                    .remove(id)
+                    .and_then(|d| match loader.link(id, &d.wasm, true) {
+                        Ok(linked) => Some((linked, d.wasm, d.record)),
+                        Err(e) => {
+                            tracing::warn!(
+                                component = %id,
+                                version = %d.record.short(),
+                                "cannot run the deployed version, using the manifest's: {e:#}"
+                            );
+                            None
+                        }
+                    });
+            let (linked, wasm, record) = match redeployed {
+                Some(found) => found,
+                None => {
+                    let source = manifest.source_path(component);
+                    let wasm = std::fs::read(&source).with_context(|| {
+                        format!(
+                            "component `{id}`: cannot read {}; build it first (spindle build {id})",
+                            source.display()
+                        )
+                    })?;
+                    let linked = loader.link(id, &wasm, false)?;
+                    let record = VersionRecord::new(
+                        id,
+                        &linked.digest,
+                        crate::deploy::Action::Manifest,
+                        &source.display().to_string(),
+                        &host_id,
+                    );
+                    (linked, wasm.into(), record)
+                }
             };
-            let linked = LinkedComponent::load(
-                runtime.engine(),
-                &cache,
-                &linker,
-                id,
-                &manifest.source_path(component),
-                grants,
-            )?;
-            let triggered = manifest
-                .amqp_triggers
-                .iter()
-                .any(|t| t.component() == Some(id.as_str()));
-            match linked.queue {
-                Some(pre) => {
-                    queue_components.insert(
-                        id.clone(),
-                        Arc::new(QueueComponent::new(
-                            id,
-                            runtime.engine().clone(),
-                            pre,
-                            linked.grants.clone(),
-                            runtime.limits().clone(),
-                        )),
-                    );
-                }
-                None if triggered => bail!(
-                    "component `{id}` is used by [[trigger.amqp]] but does not export {}; export the queue handler interface",
-                    crate::capabilities::queue::component::HANDLER_EXPORT
-                ),
-                None => {}
-            }
-            let routed = manifest.http_routes.iter().any(|r| &r.component == id);
-            match linked.http {
-                Some(pre) => {
-                    components.insert(
-                        id.clone(),
-                        Arc::new(HttpComponent::new(
-                            id,
-                            runtime.engine().clone(),
-                            pre,
-                            linked.grants,
-                            runtime.limits().clone(),
-                            metrics.clone(),
-                        )),
-                    );
-                }
-                None if routed => bail!(
-                    "component `{id}` is routed by [[trigger.http]] but does not export wasi:http/handler@0.3 or wasi:http/incoming-handler@0.2; build it as an HTTP component"
-                ),
-                None => {}
-            }
             info.push(ComponentInfo {
                 id: id.clone(),
-                digest: linked.digest,
+                digest: linked.digest.clone(),
                 cache: linked.cache,
                 load_time: started.elapsed(),
             });
+            components.insert(
+                id.clone(),
+                Running {
+                    http: linked.http,
+                    queue: linked.queue,
+                    wasm,
+                    record,
+                },
+            );
         }
 
         let app = Arc::new(App {
             router: Router::new(&manifest.http_routes),
             amqp_triggers: manifest.amqp_triggers.clone(),
-            queue_components,
-            components,
+            components: Arc::new(RwLock::new(components)),
+            loader,
+            host_id,
+            deploy_lock: tokio::sync::Mutex::new(()),
             info,
             metrics,
             sql,
@@ -243,12 +379,24 @@ impl App {
         for trigger in &self.amqp_triggers {
             let (handler, target): (Handler, String) = match trigger.target() {
                 AmqpTarget::Component(id) => {
-                    let Some(component) = self.queue_components.get(id).cloned() else {
+                    if self.queue_component(id).is_none() {
                         bail!("component `{id}` has no queue handler");
-                    };
+                    }
+                    // Looked up per delivery, so a redeploy takes effect at
+                    // the next message while running ones finish on theirs.
+                    let components = self.components.clone();
+                    let name = id.to_string();
                     let handler: Handler = Arc::new(move |delivery| {
-                        let component = component.clone();
-                        Box::pin(async move { component.invoke(delivery).await })
+                        let component = running_queue(&components, &name);
+                        let id = name.clone();
+                        Box::pin(async move {
+                            match component {
+                                Some(component) => component.invoke(delivery).await,
+                                None => {
+                                    Outcome::Retry(format!("component `{id}` has no queue handler"))
+                                }
+                            }
+                        })
                     });
                     (handler, format!("component `{id}`"))
                 }
@@ -278,20 +426,26 @@ impl App {
         Ok(consumers)
     }
 
+    /// The version of HTTP component `id` serving now.
+    fn http_component(&self, id: &str) -> Option<Arc<HttpComponent>> {
+        let components = self.components.read().unwrap_or_else(|e| e.into_inner());
+        components.get(id).and_then(|r| r.http.clone())
+    }
+
+    fn queue_component(&self, id: &str) -> Option<Arc<QueueComponent>> {
+        running_queue(&self.components, id)
+    }
+
     /// Invokes HTTP component `id` with `request`.
     pub async fn invoke(
         &self,
         id: &str,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
-        let component = self
-            .components
-            .get(id)
-            .cloned()
-            .ok_or_else(|| InvokeError::Trap {
-                component: id.to_string(),
-                reason: "it is not an HTTP component of this application".into(),
-            })?;
+        let component = self.http_component(id).ok_or_else(|| InvokeError::Trap {
+            component: id.to_string(),
+            reason: "it is not an HTTP component of this application".into(),
+        })?;
         component.invoke(request).await
     }
 
@@ -316,13 +470,18 @@ impl App {
     }
 }
 
+fn running_queue(components: &Components, id: &str) -> Option<Arc<QueueComponent>> {
+    let components = components.read().unwrap_or_else(|e| e.into_inner());
+    components.get(id).and_then(|r| r.queue.clone())
+}
+
 impl InternalDispatch for App {
     fn dispatch(
         &self,
         component: &str,
         request: http::Request<WasiBody>,
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>> {
-        let target = self.components.get(component).cloned();
+        let target = self.http_component(component);
         let name = component.to_string();
         Box::pin(async move {
             let Some(target) = target else {

@@ -6,11 +6,13 @@
 //! - [`runtime`]: the wasmtime engine, compile cache, instances and limits.
 //! - [`trigger`]: the HTTP and AMQP triggers that invoke components.
 //! - [`capabilities`]: one module per capability (WIT, host side, backends).
-//! - [`app`]: a loaded application; [`admin`] and [`metrics`]: operating it.
+//! - [`app`]: a loaded application; [`deploy`]: hot redeploys of its
+//!   components; [`admin`] and [`metrics`]: operating it.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
+pub mod deploy;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -20,6 +20,9 @@ pub struct LinkedComponent {
     pub http: Option<ProxyPre<InstanceState>>,
     /// Present when the component exports `spindle:queue/handler`.
     pub queue: Option<QueueHandlerPre<InstanceState>>,
+    /// The names of the component's imports (e.g. `spindle:blobs/store@0.1.0`),
+    /// for checking them against its grants before a hot redeploy.
+    pub imports: Vec<String>,
 }
 
 impl LinkedComponent {
@@ -83,12 +86,18 @@ impl LinkedComponent {
             .with_context(|| {
                 format!("component `{id}`: its {HANDLER_EXPORT} export does not match")
             })?;
+        let imports = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         Ok(LinkedComponent {
             digest: CompileCache::digest(wasm),
             cache: outcome,
             grants,
             http,
             queue,
+            imports,
         })
     }
 }

@@ -25,8 +25,10 @@
 //!   pushes ahead (`basic.qos`).
 //!
 //! The retry/dead-letter design is described in `rabbitmq.rs`; the embedded
-//! store in `embedded_store.rs`.
+//! store in `embedded_store.rs`; broadcasts to every host (deploy events)
+//! in `broadcast.rs`.
 
+mod broadcast;
 pub mod component;
 mod consumer;
 mod embedded;
@@ -48,6 +50,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub use broadcast::{BROADCAST_DEPLOYS, Signal, Subscription};
 pub use consumer::Consumer;
 
 /// One message handed to a [`Handler`].
@@ -228,6 +231,23 @@ impl Broker {
         match self {
             Broker::RabbitMq(b) => b.consume(queue, opts, handler).await,
             Broker::Embedded(b) => b.consume(queue, opts, handler).await,
+        }
+    }
+
+    /// Sends `body` to every subscriber of `topic` (every host); see
+    /// `broadcast.rs`.
+    pub async fn broadcast(&self, topic: &str, body: &[u8]) -> Result<(), QueueError> {
+        match self {
+            Broker::RabbitMq(b) => broadcast::publish(b, topic, body).await,
+            Broker::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Receives what is broadcast on `topic` from now on.
+    pub async fn subscribe(&self, topic: &str) -> Result<Subscription, QueueError> {
+        match self {
+            Broker::RabbitMq(b) => broadcast::subscribe(b.clone(), topic).await,
+            Broker::Embedded(_) => Ok(Subscription::none()),
         }
     }
 

@@ -1,0 +1,625 @@
+//! Hot redeploy: replace one component of a running application, on every
+//! replica, without failing a request.
+//!
+//! A deploy ([`App::deploy`]) goes:
+//!
+//! 1. **Compile and link** the new bytes off the executor
+//!    (`spawn_blocking`), through the compile cache, against the same
+//!    linker and the component's own grants. Refused (and nothing changes)
+//!    when the bytes are not a component, import something the host does
+//!    not provide (wasmtime's link error names it), import a capability the
+//!    manifest entry does not grant ([`check_grants`]), or lack the export
+//!    the component's triggers need.
+//! 2. **Record** it in the blob store ([`store`]): the artifact under its
+//!    sha256 and a version record. The first deploy of a component also
+//!    records the version it replaces, so rollback can return to it.
+//! 3. **Swap** it into the application's component map (see `app.rs`):
+//!    requests and deliveries that started keep their version.
+//! 4. **Announce** it on the broker's `spindle.deploys` broadcast; every
+//!    other host reads the component's latest record from the blob store
+//!    and swaps in the same artifact ([`App::follow_deploys`]).
+//!
+//! The blob store is the source of truth and events are only hints, so a
+//! host that missed one (a broker reconnect, a restart) catches up by
+//! re-reading the records, and a restarted host loads the deployed
+//! versions instead of the manifest's ([`load_deployed`]).
+//!
+//! History: records are replayed as a stack ([`history`]): a deploy pushes
+//! its version, a rollback pops the current one (and stands in for the
+//! version it returned to), so rolling back twice walks two versions back.
+//! Deploying the version that already runs changes nothing.
+
+pub(crate) mod store;
+
+use crate::app::{App, Linked, Running};
+use crate::capabilities::blobs::BlobStore;
+use crate::capabilities::queue::{BROADCAST_DEPLOYS, Signal};
+use crate::manifest::{AmqpTarget, Manifest};
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How a version came to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The manifest's `source`, at start-up.
+    Manifest,
+    /// `spindle deploy`.
+    Deploy,
+    /// `spindle up --watch` rebuilt it.
+    Watch,
+    /// `spindle rollback`.
+    Rollback,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Manifest => "manifest",
+            Action::Deploy => "deploy",
+            Action::Watch => "watch",
+            Action::Rollback => "rollback",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "manifest" => Action::Manifest,
+            "deploy" => Action::Deploy,
+            "watch" => Action::Watch,
+            "rollback" => Action::Rollback,
+            _ => return None,
+        })
+    }
+}
+
+/// One version of one component: what, when, how, from where and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub component: String,
+    /// sha256 of the component's bytes, hex.
+    pub version: String,
+    pub action: Action,
+    /// The file it came from (for a rollback, that of the version returned to).
+    pub source: String,
+    /// The host that made it run.
+    pub host: String,
+    pub deployed_at_ms: u64,
+}
+
+impl VersionRecord {
+    pub fn new(component: &str, version: &str, action: Action, source: &str, host: &str) -> Self {
+        VersionRecord {
+            component: component.into(),
+            version: version.into(),
+            action,
+            source: source.into(),
+            host: host.into(),
+            deployed_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The version as people see it: the first 12 hex digits.
+    pub fn short(&self) -> &str {
+        &self.version[..12.min(self.version.len())]
+    }
+
+    /// For `spindle status`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.short(),
+            "sha256": self.version,
+            "action": self.action,
+            "source": self.source,
+            "host": self.host,
+            "deployed_at": rfc3339(self.deployed_at_ms),
+        })
+    }
+}
+
+/// A deployed version read back at start-up.
+pub struct Deployed {
+    pub wasm: Arc<[u8]>,
+    pub record: VersionRecord,
+}
+
+/// Why a deploy or rollback did not happen; nothing changed in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no component `{component}` in the manifest; components are: {known}")]
+    NotFound { component: String, known: String },
+    #[error("refused, the running version keeps serving: {0}")]
+    Refused(String),
+    #[error(
+        "component `{0}` has no earlier version to roll back to; deploy one with `spindle deploy`"
+    )]
+    NoPrevious(String),
+    #[error("the deploy store (blob bucket `spindle-deploys`) failed: {0}")]
+    Store(String),
+}
+
+impl DeployError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            DeployError::NotFound { .. } => http::StatusCode::NOT_FOUND,
+            DeployError::Refused(_) => http::StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::NoPrevious(_) => http::StatusCode::CONFLICT,
+            DeployError::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+fn store_err(e: crate::capabilities::blobs::Error) -> DeployError {
+    DeployError::Store(format!("{e:?}"))
+}
+
+/// What a deploy or rollback did.
+#[derive(Debug, Clone)]
+pub struct DeployReport {
+    pub record: VersionRecord,
+    pub previous: VersionRecord,
+    /// False when that version was already running (nothing changed).
+    pub changed: bool,
+    /// Compiling (or loading from the cache) and linking.
+    pub compile_time: Duration,
+    pub total_time: Duration,
+}
+
+impl DeployReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "component": self.record.component,
+            "changed": self.changed,
+            "version": self.record.to_json(),
+            "previous": self.previous.to_json(),
+            "compile_ms": self.compile_time.as_millis() as u64,
+            "total_ms": self.total_time.as_millis() as u64,
+        })
+    }
+}
+
+/// Refuses imports of capabilities the component's manifest entry does not
+/// grant. The linker offers every capability to every component (their
+/// grants are enforced at call time), so this is what makes a deploy fail
+/// up front instead of at the first call. Interfaces not listed here (WASI,
+/// `wasi:http`, variables) need no grant to be imported.
+pub fn check_grants(
+    id: &str,
+    component: &crate::manifest::Component,
+    imports: &[String],
+) -> anyhow::Result<()> {
+    let mysql_granted = !component.mysql_databases.is_empty()
+        || component
+            .allowed_outbound_hosts
+            .iter()
+            .any(|h| h.starts_with("mysql://"));
+    let mut missing: Vec<String> = Vec::new();
+    for name in imports {
+        let need = if name.starts_with("spindle:blobs/") && component.blob_buckets.is_empty() {
+            "blob_buckets = [\"BUCKET\"]"
+        } else if name.starts_with("spindle:queue/publisher") && component.publish_queues.is_empty()
+        {
+            "publish_queues = [\"QUEUE\"]"
+        } else if name.starts_with("spindle:mail/") && !component.send_mail {
+            "send_mail = true"
+        } else if name.starts_with("spin:mysql/") && !mysql_granted {
+            "mysql_databases = [\"default\"]"
+        } else {
+            continue;
+        };
+        missing.push(format!("{name} (grant: {need})"));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "component `{id}` imports {}, which its manifest entry does not grant; add the grant to [component.{id}] in spin.toml and restart, or deploy a build that does not use it",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The history a component's records describe, oldest first; the last
+/// entry is the current version.
+pub(crate) fn history(records: Vec<VersionRecord>) -> Vec<VersionRecord> {
+    let mut stack: Vec<VersionRecord> = Vec::new();
+    for record in records {
+        if record.action == Action::Rollback {
+            stack.pop();
+            if stack.last().is_some_and(|r| r.version == record.version) {
+                stack.pop();
+            }
+        }
+        stack.push(record);
+    }
+    stack
+}
+
+/// Reads the current deployed version of every component of `manifest`
+/// that has one, for [`crate::app::AppConfig::deployed`].
+pub async fn load_deployed(
+    blobs: &BlobStore,
+    manifest: &Manifest,
+) -> anyhow::Result<HashMap<String, Deployed>> {
+    let mut deployed = HashMap::new();
+    for id in manifest.components.keys() {
+        let records = store::records(blobs, id)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the deploy records of `{id}`: {e:?}"))?;
+        let Some(current) = history(records).pop() else {
+            continue;
+        };
+        let wasm = store::artifact(blobs, &current.version)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the deployed version of `{id}`: {e:?}"))?;
+        tracing::info!(
+            component = %id,
+            version = %current.short(),
+            "running the deployed version ({} by {})",
+            current.action.as_str(),
+            current.host
+        );
+        deployed.insert(
+            id.clone(),
+            Deployed {
+                wasm: wasm.into(),
+                record: current,
+            },
+        );
+    }
+    Ok(deployed)
+}
+
+/// The deploy event sent to every host; it only says where to look.
+#[derive(Serialize, Deserialize)]
+struct Event {
+    component: String,
+    version: String,
+    host: String,
+}
+
+impl App {
+    fn running(&self, id: &str) -> Result<Running, DeployError> {
+        let components = self.components.read().unwrap_or_else(|e| e.into_inner());
+        components
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DeployError::NotFound {
+                component: id.to_string(),
+                known: self
+                    .loader
+                    .manifest
+                    .components
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    async fn link_off_executor(&self, id: &str, wasm: Arc<[u8]>) -> Result<Linked, DeployError> {
+        let loader = self.loader.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || loader.link(&id, &wasm, true))
+            .await
+            .map_err(|e| DeployError::Refused(format!("compiling panicked: {e}")))?
+            .map_err(|e| DeployError::Refused(format!("{e:#}")))
+    }
+
+    fn swap(&self, id: &str, linked: Linked, wasm: Arc<[u8]>, record: VersionRecord) {
+        let mut components = self.components.write().unwrap_or_else(|e| e.into_inner());
+        components.insert(
+            id.to_string(),
+            Running {
+                http: linked.http,
+                queue: linked.queue,
+                wasm,
+                record,
+            },
+        );
+    }
+
+    /// Makes `wasm` the running version of component `id` here, records it
+    /// in the blob store and tells the other hosts. `source` says where the
+    /// bytes came from.
+    pub async fn deploy(
+        &self,
+        id: &str,
+        wasm: Vec<u8>,
+        action: Action,
+        source: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let started = Instant::now();
+        self.running(id)?;
+        let _one_at_a_time = self.deploy_lock.lock().await;
+        let running = self.running(id)?;
+        let wasm: Arc<[u8]> = wasm.into();
+        let linked = self.link_off_executor(id, wasm.clone()).await?;
+        let compile_time = started.elapsed();
+        let record = VersionRecord::new(id, &linked.digest, action, source, &self.host_id);
+        if linked.digest == running.record.version {
+            return Ok(DeployReport {
+                record: running.record.clone(),
+                previous: running.record,
+                changed: false,
+                compile_time,
+                total_time: started.elapsed(),
+            });
+        }
+        self.record_base(id, &running).await?;
+        store::put_artifact(self.blobs(), id, &record.version, &wasm)
+            .await
+            .map_err(store_err)?;
+        store::add_record(self.blobs(), &record)
+            .await
+            .map_err(store_err)?;
+        self.swap(id, linked, wasm, record.clone());
+        tracing::info!(component = %id, version = %record.short(), from = %running.record.short(), "{} of {source} is serving", action.as_str());
+        self.announce(&record).await;
+        Ok(DeployReport {
+            record,
+            previous: running.record,
+            changed: true,
+            compile_time,
+            total_time: started.elapsed(),
+        })
+    }
+
+    /// Returns component `id` to the version before the current one.
+    pub async fn rollback(&self, id: &str) -> Result<DeployReport, DeployError> {
+        let started = Instant::now();
+        self.running(id)?;
+        let _one_at_a_time = self.deploy_lock.lock().await;
+        let running = self.running(id)?;
+        let stack = history(store::records(self.blobs(), id).await.map_err(store_err)?);
+        let Some(target) = stack.len().checked_sub(2).map(|i| stack[i].clone()) else {
+            return Err(DeployError::NoPrevious(id.to_string()));
+        };
+        let wasm: Arc<[u8]> = store::artifact(self.blobs(), &target.version)
+            .await
+            .map_err(store_err)?
+            .into();
+        let linked = self.link_off_executor(id, wasm.clone()).await?;
+        let compile_time = started.elapsed();
+        let record = VersionRecord::new(
+            id,
+            &target.version,
+            Action::Rollback,
+            &target.source,
+            &self.host_id,
+        );
+        store::add_record(self.blobs(), &record)
+            .await
+            .map_err(store_err)?;
+        self.swap(id, linked, wasm, record.clone());
+        tracing::info!(component = %id, version = %record.short(), from = %running.record.short(), "rolled back");
+        self.announce(&record).await;
+        Ok(DeployReport {
+            record,
+            previous: running.record,
+            changed: true,
+            compile_time,
+            total_time: started.elapsed(),
+        })
+    }
+
+    /// Before the first deploy of a component, stores the version it
+    /// replaces, so the history starts there.
+    async fn record_base(&self, id: &str, running: &Running) -> Result<(), DeployError> {
+        let records = store::records(self.blobs(), id).await.map_err(store_err)?;
+        if !records.is_empty() {
+            return Ok(());
+        }
+        store::put_artifact(self.blobs(), id, &running.record.version, &running.wasm)
+            .await
+            .map_err(store_err)?;
+        store::add_record(self.blobs(), &running.record)
+            .await
+            .map_err(store_err)
+    }
+
+    async fn announce(&self, record: &VersionRecord) {
+        let event = Event {
+            component: record.component.clone(),
+            version: record.version.clone(),
+            host: self.host_id.clone(),
+        };
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        if let Err(e) = self.broker().broadcast(BROADCAST_DEPLOYS, &body).await {
+            // Replicas still catch up when they next resubscribe or restart.
+            tracing::warn!(component = %record.component, "could not announce the deploy to other hosts: {e}");
+        }
+    }
+
+    /// Brings component `id` to its latest recorded version, if this host
+    /// runs another one (a deploy made through another host).
+    async fn catch_up(&self, id: &str) -> Result<(), DeployError> {
+        let _one_at_a_time = self.deploy_lock.lock().await;
+        let running = self.running(id)?;
+        let Some(current) =
+            history(store::records(self.blobs(), id).await.map_err(store_err)?).pop()
+        else {
+            return Ok(());
+        };
+        if current.version == running.record.version {
+            return Ok(());
+        }
+        let wasm: Arc<[u8]> = store::artifact(self.blobs(), &current.version)
+            .await
+            .map_err(store_err)?
+            .into();
+        let linked = self.link_off_executor(id, wasm.clone()).await?;
+        tracing::info!(
+            component = %id,
+            version = %current.short(),
+            from = %running.record.short(),
+            "now serving the version {} by {}",
+            current.action.as_str(),
+            current.host
+        );
+        self.swap(id, linked, wasm, current);
+        Ok(())
+    }
+
+    async fn catch_up_all(&self) {
+        for id in self.loader.manifest.components.keys() {
+            if let Err(e) = self.catch_up(id).await {
+                tracing::warn!(component = %id, "cannot apply the deployed version: {e}");
+            }
+        }
+    }
+
+    /// Follows deploys made through other hosts: subscribes to the deploy
+    /// broadcast (so a failure shows at start-up), catches up once with
+    /// what was deployed meanwhile, then applies each announced deploy in
+    /// the background until the returned task is aborted.
+    pub async fn follow_deploys(
+        self: &Arc<Self>,
+    ) -> Result<tokio::task::JoinHandle<()>, crate::capabilities::queue::QueueError> {
+        let mut subscription = self.broker().subscribe(BROADCAST_DEPLOYS).await?;
+        let app = self.clone();
+        Ok(tokio::spawn(async move {
+            app.catch_up_all().await;
+            while let Some(signal) = subscription.next().await {
+                match signal {
+                    Signal::Message(body) => match serde_json::from_slice::<Event>(&body) {
+                        Ok(event) if event.host == app.host_id => {}
+                        Ok(event) => {
+                            if let Err(e) = app.catch_up(&event.component).await {
+                                tracing::warn!(component = %event.component, version = %event.version, "cannot apply the deploy from {}: {e}", event.host);
+                            }
+                        }
+                        Err(e) => tracing::warn!("ignoring a malformed deploy event: {e}"),
+                    },
+                    // Events may have been missed while disconnected.
+                    Signal::Resubscribed => app.catch_up_all().await,
+                }
+            }
+        }))
+    }
+
+    /// Per component: the running version, its history and its triggers.
+    pub async fn deploy_status(&self) -> serde_json::Value {
+        let manifest = &self.loader.manifest;
+        let mut list = Vec::new();
+        for id in manifest.components.keys() {
+            let Ok(running) = self.running(id) else {
+                continue;
+            };
+            let history = match store::records(self.blobs(), id).await {
+                Ok(records) => {
+                    let stack = history(records);
+                    serde_json::json!(stack.iter().rev().map(|r| r.to_json()).collect::<Vec<_>>())
+                }
+                Err(e) => serde_json::json!({ "error": format!("{e:?}") }),
+            };
+            let routes: Vec<String> = manifest
+                .http_routes
+                .iter()
+                .filter(|r| &r.component == id)
+                .map(|r| r.route.to_string())
+                .collect();
+            let queues: Vec<String> = manifest
+                .amqp_triggers
+                .iter()
+                .filter(|t| matches!(t.target(), AmqpTarget::Component(c) if c == id))
+                .map(|t| t.queue.clone())
+                .collect();
+            list.push(serde_json::json!({
+                "component": id,
+                "current": running.record.to_json(),
+                "routes": routes,
+                "queues": queues,
+                "history": history,
+            }));
+        }
+        serde_json::Value::from(list)
+    }
+}
+
+/// `2025-01-31T12:34:56.789Z` for milliseconds since the Unix epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: &str, action: Action, at: u64) -> VersionRecord {
+        VersionRecord {
+            component: "c".into(),
+            version: version.into(),
+            action,
+            source: String::new(),
+            host: "h".into(),
+            deployed_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn history_replays_deploys_and_rollbacks_as_a_stack() {
+        let records = vec![
+            rec("v0", Action::Manifest, 1),
+            rec("v1", Action::Deploy, 2),
+            rec("v2", Action::Watch, 3),
+            rec("v1", Action::Rollback, 4),
+        ];
+        let versions = |s: Vec<VersionRecord>| s.into_iter().map(|r| r.version).collect::<Vec<_>>();
+        assert_eq!(versions(history(records.clone())), ["v0", "v1"]);
+        let mut more = records;
+        more.push(rec("v0", Action::Rollback, 5));
+        assert_eq!(versions(history(more.clone())), ["v0"]);
+        more.push(rec("v3", Action::Deploy, 6));
+        assert_eq!(versions(history(more)), ["v0", "v3"]);
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn ungranted_capability_imports_are_named_with_their_grant() {
+        let manifest: crate::manifest::Component =
+            toml::from_str("source = \"x.wasm\"\nsend_mail = true\n").unwrap();
+        let imports = vec![
+            "wasi:cli/environment@0.2.6".to_string(),
+            "spindle:mail/mailer@0.1.0".to_string(),
+            "spindle:blobs/store@0.1.0".to_string(),
+        ];
+        let e = check_grants("probe", &manifest, &imports)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spindle:blobs/store@0.1.0 (grant: blob_buckets"),
+            "{e}"
+        );
+        assert!(!e.contains("mailer"), "{e}");
+        assert!(check_grants("probe", &manifest, &imports[..2]).is_ok());
+    }
+}

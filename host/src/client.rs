@@ -1,0 +1,195 @@
+//! `spindle deploy`, `spindle rollback` and `spindle status`: clients of a
+//! running host's admin API (see `spindle_platform::admin`). The token, when
+//! the host needs one, comes from `SPINDLE_ADMIN_TOKEN`.
+
+use crate::cli::{AdminArgs, DeployArgs, RollbackArgs};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use spindle_platform::manifest::Manifest;
+use std::path::Path;
+
+fn request(admin: &AdminArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    let url = format!("{}{path}", admin.admin.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Ok(token) = std::env::var("SPINDLE_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        req = req.bearer_auth(token);
+    }
+    req
+}
+
+/// Sends `req`; returns the JSON body of a success, or an error carrying
+/// the host's message.
+async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> {
+    let resp = req.send().await.map_err(|e| {
+        if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: is `spindle up` running? If it listens elsewhere, pass --admin http://HOST:PORT (its --admin-listen)",
+                admin.admin
+            )
+        } else {
+            anyhow::anyhow!("talking to the admin API at {}: {e}", admin.admin)
+        }
+    })?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .context("reading the admin API's answer")?;
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!("{message} (set SPINDLE_ADMIN_TOKEN to the host's token)");
+    }
+    bail!("{message} ({status})")
+}
+
+fn print_report(verb: &str, report: &Value) {
+    let component = report["component"].as_str().unwrap_or("?");
+    let version = report["version"]["version"].as_str().unwrap_or("?");
+    let previous = report["previous"]["version"].as_str().unwrap_or("?");
+    if report["changed"] == Value::Bool(false) {
+        println!("{component} already runs {version}; nothing changed");
+        return;
+    }
+    println!(
+        "{verb} {component}: {version} (was {previous}) in {} ms, of which compiling and linking {} ms",
+        report["total_ms"], report["compile_ms"]
+    );
+}
+
+pub async fn deploy(args: DeployArgs) -> Result<()> {
+    let wasm_path = match &args.wasm {
+        Some(path) => path.clone(),
+        None => {
+            let manifest = Manifest::load(&args.manifest)?;
+            let Some(component) = manifest.components.get(&args.component) else {
+                bail!(
+                    "{}: no component `{}`; components are: {}",
+                    args.manifest.display(),
+                    args.component,
+                    manifest
+                        .components
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            manifest.source_path(component)
+        }
+    };
+    let wasm = std::fs::read(&wasm_path).with_context(|| {
+        format!(
+            "cannot read {}; build it first (spindle build {})",
+            wasm_path.display(),
+            args.component
+        )
+    })?;
+    let source = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
+    let req = request(
+        &args.admin,
+        reqwest::Method::PUT,
+        &format!("/components/{}", args.component),
+    )
+    .header(
+        spindle_platform::admin::SOURCE_HEADER,
+        source_header(&source),
+    )
+    .body(wasm);
+    let report = send(&args.admin, req).await?;
+    print_report("Deployed", &report);
+    Ok(())
+}
+
+/// The path as a header value (non-ASCII characters replaced).
+fn source_header(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+pub async fn rollback(args: RollbackArgs) -> Result<()> {
+    let req = request(
+        &args.admin,
+        reqwest::Method::POST,
+        &format!("/components/{}/rollback", args.component),
+    );
+    let report = send(&args.admin, req).await?;
+    print_report("Rolled back", &report);
+    Ok(())
+}
+
+pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
+    let list = send(&admin, request(&admin, reqwest::Method::GET, "/components")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list.as_array().cloned().unwrap_or_default();
+    let width = rows
+        .iter()
+        .filter_map(|c| c["component"].as_str().map(str::len))
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    println!(
+        "{:width$}  {:12}  {:24}  {:8}  {:6}  TRIGGERS",
+        "COMPONENT", "VERSION", "DEPLOYED", "HOW", "HISTORY"
+    );
+    for c in &rows {
+        let current = &c["current"];
+        let strings = |v: &Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let mut triggers = strings(&c["routes"]);
+        triggers.extend(
+            strings(&c["queues"])
+                .into_iter()
+                .map(|q| format!("queue {q}")),
+        );
+        let history = c["history"].as_array().map_or(1, Vec::len);
+        println!(
+            "{:width$}  {:12}  {:24}  {:8}  {:6}  {}",
+            c["component"].as_str().unwrap_or("?"),
+            current["version"].as_str().unwrap_or("?"),
+            current["deployed_at"].as_str().unwrap_or("?"),
+            current["action"].as_str().unwrap_or("?"),
+            history,
+            if triggers.is_empty() {
+                "-".to_string()
+            } else {
+                triggers.join(", ")
+            },
+        );
+        println!(
+            "{:width$}  from {} by {}",
+            "",
+            current["source"].as_str().unwrap_or("?"),
+            current["host"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! Hot redeploy against real `spindle up` processes: the deploy CLI and
+//! admin API, refusals, no failed request while a component flips between
+//! two versions, in-flight work finishing on its version, status, rollback,
+//! restarts, the admin token, and (on MariaDB, RabbitMQ and the MongoDB
+//! test server) two replicas following one deploy.
+//!
+//! The second version of the `deploy-probe` component is its build with
+//! the version string patched (same length): different bytes and answers.
+
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use support::{Spindle, UpOptions, expect_json_error, up};
+
+const V1: &str = "deploy-probe-version-1";
+const V2: &str = "deploy-probe-version-2";
+
+/// Builds deploy-probe (and the other test components) once.
+fn probe_wasm() -> Vec<u8> {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = support::build_components();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(support::workspace_root())
+            .args([
+                "build",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+                "-p",
+                "deploy-probe",
+            ])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building deploy-probe failed");
+    });
+    std::fs::read(dir.join("deploy_probe.wasm")).unwrap()
+}
+
+/// Writes both probe versions into `dir`.
+fn probe_versions(dir: &Path) -> (PathBuf, PathBuf) {
+    let v1 = probe_wasm();
+    let at: Vec<usize> = v1
+        .windows(V1.len())
+        .enumerate()
+        .filter(|(_, w)| *w == V1.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the version marker occurs once in the probe");
+    let mut v2 = v1.clone();
+    v2[at[0]..at[0] + V2.len()].copy_from_slice(V2.as_bytes());
+    let (p1, p2) = (dir.join("probe-v1.wasm"), dir.join("probe-v2.wasm"));
+    std::fs::write(&p1, &v1).unwrap();
+    std::fs::write(&p2, &v2).unwrap();
+    (p1, p2)
+}
+
+fn sha_prefix(path: &Path) -> String {
+    hex(&Sha256::digest(std::fs::read(path).unwrap()))[..12].to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn probe_manifest(dir: &Path, source: &Path) -> PathBuf {
+    let path = dir.join("spin.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "deploy-test"
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[[trigger.amqp]]
+queue = "jobs"
+component = "probe"
+concurrency = 4
+retry_delay_ms = 200
+[component.probe]
+source = "{}"
+send_mail = true
+publish_queues = ["jobs"]
+"#,
+            source.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs the `spindle` CLI; returns (success, stdout, stderr).
+async fn cli(args: Vec<String>, env: Vec<(String, String)>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
+        cmd.args(&args).env_remove("SPINDLE_ADMIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("running spindle");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        println!("$ spindle {}\n{o}{e}", args.join(" "));
+        (out.status.success(), o, e)
+    })
+    .await
+    .unwrap()
+}
+
+async fn deploy(s: &Spindle, wasm: &Path) -> (bool, String, String) {
+    cli(
+        vec![
+            "deploy".into(),
+            "probe".into(),
+            wasm.display().to_string(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        vec![],
+    )
+    .await
+}
+
+async fn version(c: &reqwest::Client, s: &Spindle) -> String {
+    let resp = c.get(format!("{}/version", s.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+/// Mails in the outbox (embedded mail) whose text contains `needle`.
+fn mails_with(state_dir: &Path, needle: &str) -> usize {
+    std::fs::read_dir(state_dir.join("outbox"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter(|m| m.contains(needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for_mail(state_dir: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mails_with(state_dir, needle) == 0 {
+        assert!(Instant::now() < deadline, "no mail with {needle:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_redeploy_swaps_without_failing_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = probe_versions(dir.path());
+    let manifest = probe_manifest(dir.path(), &v1);
+    let state = dir.path().join("state");
+    let mut opts = UpOptions::new(&manifest);
+    opts.state_dir = Some(state.clone());
+    let s = up(opts);
+    let c = support::client();
+    assert_eq!(version(&c, &s).await, V1);
+
+    // Refusals: the old version keeps serving, and the message says why.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").unwrap();
+    let (ok, _, err) = deploy(&s, &junk).await;
+    assert!(!ok && err.contains("not WebAssembly"), "{err}");
+    let wasm = support::wasm_dir();
+    let (ok, _, err) = deploy(&s, &wasm.join("testbed.wasm")).await;
+    assert!(
+        !ok && err.contains("spindle:blobs/store") && err.contains("blob_buckets"),
+        "{err}"
+    );
+    let (ok, _, err) = deploy(&s, &wasm.join("hello_p2.wasm")).await;
+    assert!(!ok && err.contains("spindle:queue/handler"), "{err}");
+    let resp = c
+        .put(format!("{}/components/nope", s.admin))
+        .body(std::fs::read(&v2).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_json_error(resp, 404).await;
+    assert!(msg.contains("probe"), "{msg}");
+    assert_eq!(version(&c, &s).await, V1);
+
+    // Several clients for the whole time the component flips 12 times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url, stop) = (c.clone(), s.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = match c.get(format!("{url}/version")).send().await {
+                        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                        Err(e) => (0, e.to_string()),
+                    };
+                    seen.push(answer);
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for i in 0..12 {
+        let (wasm, expected) = if i % 2 == 0 { (&v2, V2) } else { (&v1, V1) };
+        let started = Instant::now();
+        let (ok, out, err) = deploy(&s, wasm).await;
+        assert!(ok, "{out}{err}");
+        assert!(out.contains(&sha_prefix(wasm)), "{out}");
+        // Once the deploy returned, new requests see the new version.
+        assert_eq!(version(&c, &s).await, expected);
+        times.push(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        for (status, body) in client.await.unwrap() {
+            assert!(
+                status == 200 && (body == V1 || body == V2),
+                "a request failed during the swaps: {status} {body}"
+            );
+            total += 1;
+        }
+    }
+    assert!(total > 100, "only {total} requests ran");
+    println!(
+        "deploy → first request on the new version: {times:?} ({total} requests, none failed)"
+    );
+
+    // A slow download that started on v1 finishes on v1 after a swap.
+    assert_eq!(version(&c, &s).await, V1);
+    let mut slow = c
+        .get(format!("{}/slow?ms=2000", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.chunk().await.unwrap().unwrap(), V1.as_bytes());
+    assert!(deploy(&s, &v2).await.0);
+    assert_eq!(version(&c, &s).await, V2);
+    let mut rest = Vec::new();
+    while let Some(chunk) = slow.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"+done");
+
+    // So does a queue invocation that started on v2.
+    let enqueue = c
+        .post(format!("{}/enqueue?ms=2000", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enqueue.status(), 202);
+    wait_for_mail(&state, &format!("start {V2}")).await;
+    assert!(deploy(&s, &v1).await.0);
+    wait_for_mail(&state, &format!("done {V2}")).await;
+    let enqueue = c
+        .post(format!("{}/enqueue?ms=0", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enqueue.status(), 202);
+    wait_for_mail(&state, &format!("done {V1}")).await;
+    assert_eq!(mails_with(&state, &format!("done {V2}")), 1);
+
+    // Status: version, when, how, from where, routes and queues.
+    let (ok, out, err) = cli(
+        vec![
+            "status".into(),
+            "--json".into(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let probe = &list[0];
+    assert_eq!(probe["component"], "probe");
+    assert_eq!(probe["current"]["version"], sha_prefix(&v1).as_str());
+    assert_eq!(probe["current"]["action"], "deploy");
+    assert_eq!(probe["current"]["source"], v1.display().to_string());
+    assert!(
+        probe["current"]["deployed_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(probe["routes"], serde_json::json!(["/..."]));
+    assert_eq!(probe["queues"], serde_json::json!(["jobs"]));
+    let (ok, out, _) = cli(
+        vec!["status".into(), "--admin".into(), s.admin.clone()],
+        vec![],
+    )
+    .await;
+    assert!(
+        ok && out.contains("probe") && out.contains(&sha_prefix(&v1)),
+        "{out}"
+    );
+
+    // Rollback returns to the version before.
+    let (ok, out, err) = cli(
+        vec![
+            "rollback".into(),
+            "probe".into(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(version(&c, &s).await, V2);
+
+    // A restarted host comes back on the deployed version, not the manifest's.
+    drop(s);
+    let mut opts = UpOptions::new(&manifest);
+    opts.state_dir = Some(state.clone());
+    let s = up(opts);
+    assert_eq!(version(&c, &s).await, V2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_token_guards_the_deploy_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = probe_versions(dir.path());
+    let manifest = probe_manifest(dir.path(), &v1);
+    let out = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .arg("up")
+        .arg("--manifest")
+        .arg(&manifest)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("SPINDLE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("beyond loopback")
+            && err.contains("SPINDLE_ADMIN_TOKEN"),
+        "{err}"
+    );
+
+    let s = up(UpOptions::new(&manifest).env("SPINDLE_ADMIN_TOKEN", "s3cret-token"));
+    let c = support::client();
+    let put = |token: Option<&str>| {
+        let mut req = c
+            .put(format!("{}/components/probe", s.admin))
+            .body(std::fs::read(&v2).unwrap());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    expect_json_error(put(None).await.unwrap(), 401).await;
+    expect_json_error(put(Some("s3cret-tokeN")).await.unwrap(), 401).await;
+    expect_json_error(put(Some("s3cret")).await.unwrap(), 401).await;
+    let rollback = c
+        .post(format!("{}/components/probe/rollback", s.admin))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(rollback, 401).await;
+    let dead = c
+        .get(format!("{}/queues/jobs/dead-letters", s.admin))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(dead, 401).await;
+    assert_eq!(version(&c, &s).await, V1);
+    // Probes stay open.
+    let health = c.get(format!("{}/healthz", s.admin)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let (ok, _, err) = deploy(&s, &v2).await;
+    assert!(!ok && err.contains("SPINDLE_ADMIN_TOKEN"), "{err}");
+    let (ok, out, err) = cli(
+        vec![
+            "deploy".into(),
+            "probe".into(),
+            v2.display().to_string(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        vec![("SPINDLE_ADMIN_TOKEN".into(), "s3cret-token".into())],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(version(&c, &s).await, V2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_says_when_no_host_is_listening() {
+    let (ok, _, err) = cli(
+        vec![
+            "status".into(),
+            "--admin".into(),
+            "http://127.0.0.1:9".into(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("is `spindle up` running") && err.contains("--admin"),
+        "{err}"
+    );
+}
