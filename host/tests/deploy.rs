@@ -418,3 +418,85 @@ async fn the_cli_says_when_no_host_is_listening() {
         "{err}"
     );
 }
+
+/// Waits until `s` serves `expected`; returns how long that took.
+async fn until_version(c: &reqwest::Client, s: &Spindle, expected: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = version(c, s).await;
+        if got == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} still serves {got}, not {expected}",
+            s.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_reaches_every_replica_and_survives_restarts() {
+    let (Ok(mysql), Ok(amqp)) = (
+        std::env::var("SPINDLE_TEST_MYSQL_URL"),
+        std::env::var("SPINDLE_TEST_AMQP_URL"),
+    ) else {
+        eprintln!(
+            "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run two replicas on MariaDB, RabbitMQ and the MongoDB test server"
+        );
+        return;
+    };
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = probe_versions(dir.path());
+    let manifest = probe_manifest(dir.path(), &v1);
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[mysql]\nurl = \"{mysql}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n"
+        ),
+    )
+    .unwrap();
+    let replica = || {
+        up(UpOptions::new(&manifest)
+            .arg("--runtime-config-file")
+            .arg(rc.display().to_string()))
+    };
+    let (a, b) = (replica(), replica());
+    let c = support::client();
+    assert_eq!(version(&c, &a).await, V1);
+    assert_eq!(version(&c, &b).await, V1);
+
+    let started = Instant::now();
+    let (ok, out, err) = deploy(&a, &v2).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(version(&c, &a).await, V2);
+    until_version(&c, &b, V2).await;
+    println!("deploy through A → B serves it: {:?}", started.elapsed());
+
+    // A restarted replica (fresh local state) comes back on the deployed
+    // version, from the shared blob store, not on its manifest's.
+    drop(b);
+    let b = replica();
+    assert_eq!(version(&c, &b).await, V2);
+
+    // And it follows deploys again: a rollback through B reaches A.
+    let (ok, out, err) = cli(
+        vec![
+            "rollback".into(),
+            "probe".into(),
+            "--admin".into(),
+            b.admin.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(version(&c, &b).await, V1);
+    until_version(&c, &a, V1).await;
+}
