@@ -63,6 +63,9 @@ async fn route(
     let path = parts.uri.path().to_string();
     let protected = path.starts_with("/components") || path.starts_with("/queues/");
     if protected && !authorized(token, &parts) {
+        // Read (and drop) what the client sends, up to the deploy limit, so
+        // it gets this answer rather than a connection reset mid-upload.
+        discard(body).await;
         return json_error(
             StatusCode::UNAUTHORIZED,
             "this admin endpoint needs `Authorization: Bearer $SPINDLE_ADMIN_TOKEN` (the token spindle up was started with)",
@@ -152,6 +155,16 @@ async fn components(
     match result {
         Ok(report) => json(StatusCode::OK, report.to_json()),
         Err(e) => json_error(e.status(), &e.to_string()),
+    }
+}
+
+async fn discard(mut body: hyper::body::Incoming) {
+    let mut seen = 0;
+    while seen <= MAX_COMPONENT_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
     }
 }
 
