@@ -587,3 +587,58 @@ async fn blobs_on_gridfs() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A request body that arrives in `chunks` pieces, `gap` apart, after
+/// `stall` of silence following the first piece.
+fn trickle(chunks: usize, gap: Duration, stall: Duration) -> reqwest::Body {
+    let stream = futures_util_stream(chunks, gap, stall);
+    reqwest::Body::wrap_stream(stream)
+}
+
+fn futures_util_stream(
+    chunks: usize,
+    gap: Duration,
+    stall: Duration,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::iter(0..chunks).then(move |i| async move {
+        let wait = if i == 1 { stall } else { gap };
+        if i > 0 {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(vec![b'x'; 4096])
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_timeout_runs_from_the_last_upload_progress() {
+    let (dir, manifest) = write_manifest(&testbed_manifest(""));
+    let s = start(&dir, &manifest); // request_timeout_secs = 2
+    let c = support::client();
+
+    // Data keeps coming for about 4 s, twice the timeout: the upload is stored.
+    let resp = c
+        .post(format!("{}/blob/videos", s.url))
+        .body(trickle(
+            17,
+            Duration::from_millis(250),
+            Duration::from_millis(250),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+
+    // A body that stalls for longer than the timeout still times out.
+    let resp = c
+        .post(format!("{}/blob/videos", s.url))
+        .body(trickle(
+            3,
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+        ))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(resp, 504).await;
+}

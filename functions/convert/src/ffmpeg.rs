@@ -88,7 +88,9 @@ impl Ffmpeg {
         ))
     }
 
-    /// Converts the audio of `input` to MP3 (libmp3lame, VBR quality 4),
+    /// Converts the audio of `input` to MP3 (libmp3lame, constant 192 kb/s:
+    /// written to a pipe, a VBR file gets no seek header, so players would
+    /// misjudge its length),
     /// sending the bytes to `out` as ffmpeg writes them. `name` stands for
     /// the input in error messages. The child is killed if this future is
     /// dropped (shutdown) or the time limit passes.
@@ -107,8 +109,8 @@ impl Ffmpeg {
                 "-vn",
                 "-c:a",
                 "libmp3lame",
-                "-q:a",
-                "4",
+                "-b:a",
+                "192k",
                 "-f",
                 "mp3",
                 "pipe:1",

@@ -38,11 +38,24 @@ impl Invocation {
         }
     }
 
-    /// Lets guest code run until `from_now` from now (e.g. to stream a body).
+    /// Lets guest code run until at least `from_now` from now (e.g. while a
+    /// body streams); never shortens the deadline.
     pub fn extend(&self, from_now: Duration) {
         let at = self.started.elapsed() + from_now;
         self.deadline_ms
-            .store(at.as_millis() as u64, Ordering::Relaxed);
+            .fetch_max(at.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When the invocation expires, as things stand.
+    pub fn deadline(&self) -> Instant {
+        self.started + Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once the deadline has passed, following extensions.
+    pub async fn until_expired(self: Arc<Self>) {
+        while !self.expired() {
+            tokio::time::sleep_until(self.deadline().into()).await;
+        }
     }
 
     fn expired(&self) -> bool {

@@ -6,6 +6,7 @@
 use crate::metrics::Metrics;
 use crate::runtime::instance::{Grants, InstanceState, Invocation};
 use crate::runtime_config::Limits;
+use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -83,6 +84,9 @@ impl HttpComponent {
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
+        let timeout = self.limits.request_timeout();
+        let request = request
+            .map(|body| super::body::Progress::new(body, slot.clone(), timeout).boxed_unsync());
         let result = self.handler.handle(slot.clone(), request).await;
         let invocation = slot.get();
         match result {
@@ -153,6 +157,7 @@ impl HandlerState for ComponentState {
             ),
         );
         InstanceState::configure(&mut store);
+        let invocation = store.data().invocation();
         let proxy = self.pre.instantiate_async(&mut store).await?;
         self.metrics
             .record_instantiation(&self.id, started.elapsed());
@@ -160,10 +165,9 @@ impl HandlerState for ComponentState {
             store,
             proxy,
             view: <InstanceState as WasiHttpView>::http,
-            expiration: Expiry::new(&self.limits),
+            expiration: Expiry::new(invocation),
             state: OneShot {
                 id: self.id.clone(),
-                request_timeout: self.limits.request_timeout(),
             },
         })
     }
@@ -173,7 +177,6 @@ impl HandlerState for ComponentState {
 /// instance, so nothing a guest leaves in memory is seen by the next one.
 struct OneShot {
     id: Arc<str>,
-    request_timeout: Duration,
 }
 
 impl WorkerState for OneShot {
@@ -194,8 +197,9 @@ impl WorkerState for OneShot {
         slot: Self::RequestData,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        let _ = slot.set(store.data().invocation());
-        Box::pin(tokio::time::sleep(self.request_timeout))
+        let invocation = store.data().invocation();
+        let _ = slot.set(invocation.clone());
+        Box::pin(invocation.until_expired())
     }
 
     fn drop(&self, _store: Store<InstanceState>, result: wasmtime::Result<()>) {
@@ -205,22 +209,22 @@ impl WorkerState for OneShot {
     }
 }
 
-/// When a worker's instance is dropped: `request_timeout` after a request
-/// starts, `body_timeout` after the response while its body streams.
+/// When a worker's instance is dropped: at its invocation's deadline,
+/// which starts at `request_timeout`, moves while the request body keeps
+/// arriving, and becomes `body_timeout` once the response exists.
 struct Expiry {
-    request_timeout: Duration,
-    body_timeout: Duration,
-    armed_for: Option<(WorkerStatus, Instant)>,
+    invocation: Arc<Invocation>,
+    armed_for: Option<Instant>,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Expiry {
-    fn new(limits: &Limits) -> Self {
+    fn new(invocation: Arc<Invocation>) -> Self {
+        let deadline = invocation.deadline();
         Expiry {
-            request_timeout: limits.request_timeout(),
-            body_timeout: limits.body_timeout(),
-            armed_for: None,
-            sleep: Box::pin(tokio::time::sleep(limits.request_timeout())),
+            invocation,
+            armed_for: Some(deadline),
+            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
         }
     }
 }
@@ -229,18 +233,20 @@ impl WorkerExpiration for Expiry {
     fn poll(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        status: WorkerStatus,
-        start: Instant,
+        _status: WorkerStatus,
+        _start: Instant,
     ) -> Poll<()> {
         let this = self.get_mut();
-        if this.armed_for != Some((status, start)) {
-            let budget = match status {
-                WorkerStatus::Requests | WorkerStatus::Idle => this.request_timeout,
-                WorkerStatus::PostReturn => this.body_timeout,
-            };
-            this.sleep.as_mut().reset((start + budget).into());
-            this.armed_for = Some((status, start));
+        loop {
+            let deadline = this.invocation.deadline();
+            if this.armed_for != Some(deadline) {
+                this.sleep.as_mut().reset(deadline.into());
+                this.armed_for = Some(deadline);
+            }
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if this.invocation.deadline() > deadline => continue,
+                other => return other,
+            }
         }
-        this.sleep.as_mut().poll(cx)
     }
 }

@@ -1,0 +1,590 @@
+//! The video-to-MP3 application end to end, through the repo's own
+//! `spin.toml`: signup, login, upload, conversion by ffmpeg, the email,
+//! download with ranges, and bad input. On embedded defaults always; on
+//! MariaDB, RabbitMQ, the MongoDB test server and a real SMTP server when
+//! `SPINDLE_TEST_MYSQL_URL` and `SPINDLE_TEST_AMQP_URL` are set.
+//!
+//! Videos are made by ffmpeg at test time (`testsrc` + `sine`).
+
+mod support;
+
+use base64::Engine as _;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::smtp_server::{SmtpServer, TlsMode};
+use support::{Spindle, UpOptions, expect_json_error, up, up_fails, workspace_root};
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{nanos}")
+}
+
+/// The repo's `spin.toml`, copied next to a runtime config with the
+/// components' `source` pointing at this build's wasm directory.
+fn app_manifest(dir: &Path) -> PathBuf {
+    let wasm = support::build_components();
+    let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
+    let text = text.replace(
+        "source = \"target/wasm32-wasip2/release/",
+        &format!("source = \"{}/", wasm.display()),
+    );
+    let path = dir.join("spin.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `secs`-second MP4 (mpeg4 video, AAC audio) made by ffmpeg.
+fn make_video(dir: &Path, name: &str, secs: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc=duration={secs}:size=320x240:rate=25"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={secs}"))
+        .args(["-c:v", "mpeg4", "-q:v", "8", "-c:a", "aac", "-shortest"])
+        .arg(&path)
+        .status()
+        .expect("running ffmpeg (a prerequisite: install ffmpeg)");
+    assert!(status.success(), "ffmpeg could not make the test video");
+    path
+}
+
+/// ffprobe's first audio codec and the container's duration in seconds.
+fn probe(path: &Path) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0"])
+        .args(["-show_entries", "stream=codec_name:format=duration"])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .expect("running ffprobe");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codec = v["streams"][0]["codec_name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(-1.0);
+    (codec, duration)
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    fn new(spindle: &Spindle) -> Self {
+        Client {
+            http: support::client(),
+            url: spindle.url.clone(),
+        }
+    }
+
+    /// Signs `email` up and logs in through the gateway; returns the JWT.
+    async fn account(&self, email: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/signup", self.url))
+            .json(&serde_json::json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "signup: {}", resp.text().await.unwrap());
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{email}:correct horse battery"));
+        let resp = self
+            .http
+            .post(format!("{}/login", self.url))
+            .header("authorization", format!("Basic {basic}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
+    async fn upload_parts(&self, token: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.http
+            .post(format!("{}/upload", self.url))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads one file; returns the 202 body.
+    async fn upload(&self, token: &str, name: &str, bytes: Vec<u8>) -> Value {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string());
+        let resp = self
+            .upload_parts(token, reqwest::multipart::Form::new().part("file", part))
+            .await;
+        assert_eq!(resp.status(), 202, "upload: {}", resp.text().await.unwrap());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], "queued");
+        assert_eq!(body["video_fid"].as_str().map(str::len), Some(24), "{body}");
+        body
+    }
+
+    async fn job(&self, token: &str, job_id: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/jobs/{job_id}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `/jobs/{id}` until the job is `done` or `failed`.
+    async fn finished_job(&self, token: &str, job_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let resp = self.job(token, job_id).await;
+            assert_eq!(resp.status(), 200);
+            let job: Value = resp.json().await.unwrap();
+            assert_eq!(job["job_id"], job_id);
+            match job["status"].as_str() {
+                Some("done" | "failed") => return job,
+                Some("queued" | "processing") => {}
+                other => panic!("unexpected job status {other:?} in {job}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} did not finish: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn download(&self, token: &str, fid: &str, range: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .get(format!("{}/download?fid={fid}", self.url))
+            .bearer_auth(token);
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Upload, conversion, download and ranges for one user; returns the
+/// job's id and MP3 id.
+async fn convert_one(client: &Client, token: &str, video: &Path) -> (String, String) {
+    let (_, video_secs) = probe(video);
+    let upload = client
+        .upload(token, "clip.mp4", std::fs::read(video).unwrap())
+        .await;
+    let job_id = upload["job_id"].as_str().unwrap().to_string();
+    let job = client.finished_job(token, &job_id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["video_fid"], upload["video_fid"]);
+    assert!(job.get("error").is_none_or(Value::is_null), "{job}");
+    let mp3_fid = job["mp3_fid"]
+        .as_str()
+        .expect("a done job names its MP3")
+        .to_string();
+
+    let resp = client.download(token, &mp3_fid, None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "audio/mpeg");
+    assert_eq!(header(&resp, "accept-ranges"), "bytes");
+    assert!(header(&resp, "content-disposition").starts_with("attachment"));
+    let length: usize = header(&resp, "content-length").parse().unwrap();
+    let mp3 = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(mp3.len(), length);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("out.mp3");
+    std::fs::write(&saved, &mp3).unwrap();
+    let (codec, mp3_secs) = probe(&saved);
+    assert_eq!(codec, "mp3");
+    assert!(
+        (mp3_secs - video_secs).abs() <= 0.5,
+        "MP3 lasts {mp3_secs} s, the video {video_secs} s"
+    );
+
+    // Ranges: a middle slice, a suffix, an open end, and one past the end.
+    let resp = client
+        .download(token, &mp3_fid, Some("bytes=100-1123"))
+        .await;
+    assert_eq!(resp.status(), 206);
+    assert_eq!(
+        header(&resp, "content-range"),
+        format!("bytes 100-1123/{length}")
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &mp3[100..1124]);
+    let resp = client.download(token, &mp3_fid, Some("bytes=-500")).await;
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &mp3[length - 500..]);
+    let start = length - 10;
+    let resp = client
+        .download(token, &mp3_fid, Some(&format!("bytes={start}-")))
+        .await;
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &mp3[start..]);
+    let resp = client
+        .download(token, &mp3_fid, Some(&format!("bytes={length}-")))
+        .await;
+    assert_eq!(header(&resp, "content-range"), format!("bytes */{length}"));
+    expect_json_error(resp, 416).await;
+    (job_id, mp3_fid)
+}
+
+/// The `.eml` files in the outbox.
+fn outbox(spindle: &Spindle) -> Vec<String> {
+    let dir = spindle.state_dir.join("outbox");
+    let mut mails: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    mails.sort();
+    mails
+}
+
+fn wait_for_outbox(spindle: &Spindle, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mails = outbox(spindle);
+        if mails.len() >= n {
+            return mails;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} emails arrived",
+            mails.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn video_to_mp3_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app_manifest(dir.path());
+    let video = make_video(dir.path(), "clip.mp4", 12);
+    let spindle = up(UpOptions::new(&manifest));
+    let client = Client::new(&spindle);
+    let email = format!("{}@example.com", unique("listener"));
+    let token = client.account(&email).await;
+
+    let (job_id, mp3_fid) = convert_one(&client, &token, &video).await;
+
+    let mails = wait_for_outbox(&spindle, 1);
+    // Notify runs once per mp3 message; give a duplicate time to show up.
+    std::thread::sleep(Duration::from_secs(2));
+    let mails_later = outbox(&spindle);
+    assert_eq!(mails_later.len(), 1, "exactly one email: {mails_later:#?}");
+    let mail = &mails[0];
+    assert!(mail.contains(&format!("To: {email}")), "{mail}");
+    assert!(mail.contains(&mp3_fid), "the email names the MP3: {mail}");
+    assert!(mail.contains(&job_id), "the email names the job: {mail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_and_good_work_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app_manifest(dir.path());
+    let video = make_video(dir.path(), "good.mp4", 10);
+    let max = 4 * 1024 * 1024;
+    let spindle = up(UpOptions::new(&manifest)
+        .arg("--variable")
+        .arg(format!("max_upload_bytes={max}")));
+    let client = Client::new(&spindle);
+    let token = client
+        .account(&format!("{}@example.com", unique("owner")))
+        .await;
+    let other = client
+        .account(&format!("{}@example.com", unique("other")))
+        .await;
+    let stored_videos = || {
+        std::fs::read_dir(spindle.state_dir.join("blobs").join("videos"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+
+    // A text file posted as a video fails readably while a good one beside it completes.
+    let text = client
+        .upload(
+            &token,
+            "notes.mp4",
+            b"these are my notes, not a video\n".repeat(200),
+        )
+        .await;
+    let good = client
+        .upload(&token, "good.mp4", std::fs::read(&video).unwrap())
+        .await;
+    let failed = client
+        .finished_job(&token, text["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("a failed job says why");
+    assert!(
+        reason.contains("not a video or audio file"),
+        "the reason reads as words: {reason}"
+    );
+    assert!(failed.get("mp3_fid").is_none_or(Value::is_null), "{failed}");
+    let done = client
+        .finished_job(&token, good["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["status"], "done", "{done}");
+    let mp3_fid = done["mp3_fid"].as_str().unwrap();
+    let resp = reqwest::get(format!("{}/queues/video/dead-letters", spindle.admin))
+        .await
+        .unwrap();
+    let dead: Value = resp.json().await.unwrap();
+    assert!(
+        dead.to_string().contains(text["job_id"].as_str().unwrap()),
+        "the unreadable video's message is dead-lettered: {dead}"
+    );
+
+    // Multipart with no file, or with two files.
+    let before = stored_videos();
+    let form = reqwest::multipart::Form::new().text("title", "no file here");
+    expect_json_error(client.upload_parts(&token, form).await, 400).await;
+    let two = reqwest::multipart::Form::new()
+        .part(
+            "a",
+            reqwest::multipart::Part::bytes(vec![1; 1000]).file_name("a.mp4"),
+        )
+        .part(
+            "b",
+            reqwest::multipart::Part::bytes(vec![2; 1000]).file_name("b.mp4"),
+        );
+    expect_json_error(client.upload_parts(&token, two).await, 400).await;
+    // Over max_upload_bytes, with a Content-Length and streamed without one.
+    let big = reqwest::multipart::Part::bytes(vec![7; max + 1]).file_name("big.mp4");
+    expect_json_error(
+        client
+            .upload_parts(&token, reqwest::multipart::Form::new().part("file", big))
+            .await,
+        413,
+    )
+    .await;
+    let chunks = (0..(max / 65536 + 4)).map(|_| Ok::<_, std::io::Error>(vec![9u8; 65536]));
+    let streamed =
+        reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(tokio_stream::iter(chunks)))
+            .file_name("streamed.mp4");
+    expect_json_error(
+        client
+            .upload_parts(
+                &token,
+                reqwest::multipart::Form::new().part("file", streamed),
+            )
+            .await,
+        413,
+    )
+    .await;
+    assert_eq!(
+        stored_videos(),
+        before,
+        "refused uploads leave nothing stored"
+    );
+    // No token, a bad token.
+    let resp = client
+        .http
+        .post(format!("{}/upload", client.url))
+        .multipart(reqwest::multipart::Form::new().text("x", "y"))
+        .send()
+        .await
+        .unwrap();
+    expect_json_error(resp, 401).await;
+    expect_json_error(
+        client
+            .job("not-a-jwt", done["job_id"].as_str().unwrap())
+            .await,
+        401,
+    )
+    .await;
+
+    // Someone else's job and download are not found; a malformed fid is a 400.
+    expect_json_error(
+        client.job(&other, done["job_id"].as_str().unwrap()).await,
+        404,
+    )
+    .await;
+    expect_json_error(client.job(&token, "no-such-job").await, 404).await;
+    expect_json_error(client.download(&other, mp3_fid, None).await, 404).await;
+    expect_json_error(
+        client
+            .download(&token, "0123456789abcdef01234567", None)
+            .await,
+        404,
+    )
+    .await;
+    expect_json_error(client.download(&token, "not-an-id", None).await, 400).await;
+    expect_json_error(client.download(&token, "../../etc/passwd", None).await, 400).await;
+    // The owner still gets the file.
+    assert_eq!(client.download(&token, mp3_fid, None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_publish_leaves_no_orphan_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app_manifest(dir.path());
+    // The gateway may no longer publish: every publish fails after the
+    // video was stored.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let without = text.replacen("publish_queues = [\"video\"]\n", "", 1);
+    assert_ne!(text, without, "spin.toml grants the gateway the video queue");
+    std::fs::write(&manifest, without).unwrap();
+    let spindle = up(UpOptions::new(&manifest));
+    let client = Client::new(&spindle);
+    let token = client
+        .account(&format!("{}@example.com", unique("orphan")))
+        .await;
+    let part = reqwest::multipart::Part::bytes(vec![1u8; 300_000]).file_name("clip.mp4");
+    let resp = client
+        .upload_parts(&token, reqwest::multipart::Form::new().part("file", part))
+        .await;
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let status = resp.status().as_u16();
+    let msg = expect_json_error(resp, status).await;
+    assert!(msg.contains("video"), "{msg}");
+    let videos = spindle.state_dir.join("blobs").join("videos");
+    let left = std::fs::read_dir(&videos).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the stored video was removed again");
+}
+
+#[test]
+fn missing_ffmpeg_is_said_plainly_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app_manifest(dir.path());
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, "[convert]\nffmpeg = \"/nonexistent/ffmpeg\"\n").unwrap();
+    let stderr = up_fails(
+        UpOptions::new(&manifest)
+            .arg("--runtime-config-file")
+            .arg(rc.display().to_string()),
+    );
+    assert!(
+        stderr.contains("ffmpeg was not found") && stderr.contains("/nonexistent/ffmpeg"),
+        "{stderr}"
+    );
+}
+
+/// Creates the database the URL names, as an operator would beforehand.
+async fn create_database(url: &str) {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let db = opts
+        .db_name()
+        .expect("the URL names a database")
+        .to_string();
+    let server = mysql_async::OptsBuilder::from_opts(opts).db_name(None::<String>);
+    let mut conn = mysql_async::Conn::new(server).await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn video_to_mp3_on_real_servers() {
+    let (Ok(mysql), Ok(amqp)) = (
+        std::env::var("SPINDLE_TEST_MYSQL_URL"),
+        std::env::var("SPINDLE_TEST_AMQP_URL"),
+    ) else {
+        eprintln!(
+            "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run the app on MariaDB and RabbitMQ"
+        );
+        return;
+    };
+    create_database(&mysql).await;
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+    let smtp = SmtpServer::start(TlsMode::Plain);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app_manifest(dir.path());
+    let video = make_video(dir.path(), "clip.mp4", 15);
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[mysql]\nurl = \"{mysql}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n[smtp]\nurl = \"{}\"\nfrom = \"Spindle <noreply@spindle.test>\"\n",
+            smtp.url()
+        ),
+    )
+    .unwrap();
+    let spindle = up(UpOptions::new(&manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string()));
+    assert!(spindle.log_contains("GridFS"), "{}", spindle.stderr());
+    let client = Client::new(&spindle);
+    let email = format!("{}@example.com", unique("real"));
+    let token = client.account(&email).await;
+    let (job_id, mp3_fid) = convert_one(&client, &token, &video).await;
+
+    let received = smtp
+        .wait_for_messages_async(1, Duration::from_secs(60))
+        .await;
+    let ours: Vec<_> = received
+        .iter()
+        .filter(|m| m.rcpt_to.iter().any(|r| r == &email))
+        .collect();
+    assert_eq!(ours.len(), 1, "one email to {email}");
+    assert!(ours[0].body().contains(&mp3_fid), "{}", ours[0].text());
+
+    // A redelivered video message: no second MP3, no second email.
+    let broker =
+        spindle_platform::capabilities::queue::Broker::connect(Some(&amqp), dir.path(), &["video"])
+            .await
+            .unwrap();
+    let job = client.finished_job(&token, &job_id).await;
+    let body = serde_json::json!({
+        "v": 1, "job_id": job_id, "video_fid": job["video_fid"], "mp3_fid": null, "username": email
+    });
+    broker
+        .publish("video", body.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        spindle.log_contains("already converted"),
+        "the redelivery was seen: {}",
+        spindle.stderr()
+    );
+    let blobs =
+        spindle_platform::capabilities::blobs::BlobStore::connect(Some(&gridfs), dir.path())
+            .await
+            .unwrap();
+    let mp3s = blobs.find("mp3s", "job_id", &job_id).await.unwrap();
+    assert_eq!(mp3s.len(), 1, "one MP3 for the job");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.rcpt_to.iter().any(|r| r == &email))
+        .count();
+    assert_eq!(again, 1, "the redelivery sent no second email");
+}
