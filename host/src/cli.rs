@@ -98,6 +98,10 @@ pub struct UpArgs {
     /// Address of the admin listener (health, readiness, metrics).
     #[arg(long, default_value = "127.0.0.1:3001")]
     pub admin_listen: SocketAddr,
+    /// On SIGTERM or Ctrl-C, how long in-flight requests and queue
+    /// invocations may take to finish before the host exits.
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout_secs: u64,
 }
 
 #[derive(Args)]

@@ -145,9 +145,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .context("subscribing to deploy events")?;
     print_routes(&app, listen_addr, admin_addr);
 
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let app = app.clone();
@@ -159,15 +156,76 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .await
         })
     };
-    spindle_platform::trigger::http::serve(listener, app.clone(), shutdown).await?;
-    // Unacked messages return to their queues as consumers stop.
-    for consumer in consumers {
-        consumer.stop().await;
+    let drain = std::time::Duration::from_secs(args.drain_timeout_secs);
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let app = app.clone();
+        async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(
+                "{signal}: draining (not ready, no new connections or messages, up to {}s for in-flight work)",
+                drain.as_secs()
+            );
+            app.begin_drain();
+            let _ = signalled_tx.send(true);
+        }
+    };
+    // Consumers stop taking messages as soon as the signal comes, while
+    // HTTP requests drain; running invocations get the same deadline, and
+    // unacked or unstarted messages return to their queues.
+    let consumers_stopped = tokio::spawn(async move {
+        let _ = signalled.wait_for(|s| *s).await;
+        stop_consumers(consumers, drain).await
+    });
+    spindle_platform::trigger::http::serve(listener, app.clone(), shutdown, drain).await?;
+    match consumers_stopped.await {
+        Ok(0) => {}
+        Ok(late) => tracing::warn!(
+            "{late} consumer(s) did not finish in time; their messages return to the queue"
+        ),
+        Err(e) => tracing::error!("stopping the consumers failed: {e}"),
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     app.sql().close().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops every consumer at once, letting running handlers finish for up
+/// to `drain`; returns how many were still busy then (their handlers are
+/// dropped when the process exits, and their messages are redelivered).
+async fn stop_consumers(
+    consumers: Vec<spindle_platform::capabilities::queue::Consumer>,
+    drain: std::time::Duration,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + drain;
+    let stops = consumers.into_iter().map(|consumer| async move {
+        tokio::time::timeout_at(deadline, consumer.stop())
+            .await
+            .is_err()
+    });
+    futures::future::join_all(stops)
+        .await
+        .into_iter()
+        .filter(|late| *late)
+        .count()
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends); names the one that came.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted"
 }
 
 /// Names this host in deploy records: the host name (the pod name on

@@ -83,6 +83,10 @@ async fn route(
         ),
         // Components are compiled before the admin listener starts, so
         // readiness is down to the backends answering.
+        "/readyz" if app.is_draining() => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down; in-flight requests are finishing",
+        ),
         "/readyz" => match app.check_backends().await {
             Ok(()) => host_response(
                 StatusCode::OK,

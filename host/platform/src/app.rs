@@ -188,6 +188,8 @@ pub struct App {
     broker: Broker,
     mailer: Mailer,
     listen_addr: SocketAddr,
+    /// Set on SIGTERM: `/readyz` answers 503 while in-flight work finishes.
+    draining: std::sync::atomic::AtomicBool,
     // Dropped last: instances must be gone before the engine's ticker stops.
     _runtime: Runtime,
 }
@@ -328,6 +330,7 @@ impl App {
             broker,
             mailer,
             listen_addr,
+            draining: std::sync::atomic::AtomicBool::new(false),
             _runtime: runtime,
         });
         let weak: Weak<dyn InternalDispatch> = Arc::downgrade(&app) as Weak<dyn InternalDispatch>;
@@ -345,6 +348,18 @@ impl App {
 
     pub fn components(&self) -> &[ComponentInfo] {
         &self.info
+    }
+
+    /// Marks the host as shutting down (see `is_draining`).
+    pub fn begin_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the host is shutting down: load balancers should stop
+    /// sending it work.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -1,6 +1,7 @@
 //! The HTTP trigger: accepts connections, routes each request to its
 //! component, and streams bodies both ways without buffering them.
 
+pub mod body;
 pub mod handler;
 pub mod router;
 
@@ -44,12 +45,14 @@ pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody>
     host_response(status, "application/json", body)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then lets open
-/// connections finish their current requests.
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops
+/// accepting and lets open connections finish their current requests for
+/// up to `drain` (idle keep-alive connections close at once).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
+    drain: std::time::Duration,
 ) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -81,7 +84,15 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {}s; closing their connections",
+            drain.as_secs()
+        );
+    }
     Ok(())
 }
 
@@ -144,6 +155,7 @@ async fn handle(
             parts.headers.insert(name, value);
         }
     }
+    let body = body::DrainOnDrop::new(body);
     let request = http::Request::from_parts(parts, body.map_err(HttpError::from).boxed_unsync());
 
     let response = match app.invoke(&component, request).await {

@@ -87,14 +87,21 @@ mod mail {
 use mail::spindle::mail::mailer;
 use queue::exports::spindle::queue::handler::{self, Failure};
 
-/// The queue handler: `retry` and `reject` fail as asked, `trap` traps, and
-/// anything else is mailed to probe@example.com with the body as subject and
-/// a Message-ID derived from the queue message (so redeliveries match).
+/// The queue handler: `retry` and `reject` fail as asked, `trap` traps,
+/// `sleep:MS` waits that long first, and anything else is mailed to
+/// probe@example.com with the body as subject and a Message-ID derived from
+/// the queue message (so redeliveries match).
 struct QueueProbe;
 
 impl handler::Guest for QueueProbe {
     async fn handle(message: handler::Message) -> Result<(), Failure> {
         let body = String::from_utf8_lossy(&message.body).to_string();
+        if let Some(ms) = body
+            .strip_prefix("sleep:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            spin_sdk::wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
+        }
         match body.as_str() {
             "retry" => Err(Failure::Retry(format!(
                 "asked to retry (attempt {})",
