@@ -45,7 +45,7 @@ pub fn build_components() -> PathBuf {
                 "-p",
                 "gateway",
                 "-p",
-                "notify",
+                "notifier",
                 "-p",
                 "testbed",
                 "-p",
