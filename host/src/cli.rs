@@ -89,6 +89,10 @@ pub struct UpArgs {
     /// Build the components before starting.
     #[arg(long)]
     pub build: bool,
+    /// Rebuild a component when its `build.watch` files change and swap it
+    /// in place (a hot redeploy, recorded as `watch`).
+    #[arg(long)]
+    pub watch: bool,
     /// Where embedded backends keep their data.
     #[arg(long, default_value = ".spindle")]
     pub state_dir: PathBuf,

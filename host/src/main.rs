@@ -5,6 +5,7 @@ mod builder;
 mod cli;
 mod client;
 mod up;
+mod watch;
 
 use clap::Parser;
 

@@ -103,6 +103,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // Hot-redeployed components run instead of the manifest's sources.
     let deployed = spindle_platform::deploy::load_deployed(&blobs, &manifest).await?;
 
+    // The watch keeps its own copy: the build commands and globs.
+    let watch_manifest = args.watch.then(|| manifest.clone());
     let config = AppConfig {
         manifest,
         runtime_config,
@@ -143,6 +145,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .follow_deploys()
         .await
         .context("subscribing to deploy events")?;
+    // Rebuilds and swaps watched components; stops with the process.
+    let _watching = match watch_manifest {
+        Some(manifest) => crate::watch::start(app.clone(), &manifest)?,
+        None => None,
+    };
     print_routes(&app, listen_addr, admin_addr);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

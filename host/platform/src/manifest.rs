@@ -184,9 +184,11 @@ pub struct BuildConfig {
     pub command: String,
     #[serde(default)]
     pub workdir: Option<PathBuf>,
-    /// Accepted as in Spin; file watching is not implemented yet.
-    #[serde(default, rename = "watch")]
-    _watch: Vec<String>,
+    /// Globs of the files `spindle up --watch` rebuilds this component on,
+    /// relative to `workdir` (the manifest's folder when there is none), as
+    /// in Spin; a leading `!` excludes. Empty: the component is not watched.
+    #[serde(default)]
+    pub watch: Vec<String>,
 }
 
 /// The raw TOML shape, before validation.
