@@ -9,9 +9,15 @@ use std::process::Command;
 /// `build.watch` globs are relative to: `workdir` under the manifest's
 /// folder, or that folder.
 pub fn workdir(manifest: &Manifest, build: &BuildConfig) -> PathBuf {
-    manifest
+    let dir = manifest
         .base_dir()
-        .join(build.workdir.as_deref().unwrap_or(std::path::Path::new("")))
+        .join(build.workdir.as_deref().unwrap_or(std::path::Path::new("")));
+    // `spin.toml` has the folder "", which cannot be canonicalized.
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    }
 }
 
 /// How many of a failed build's last output lines go into its error: the
