@@ -12,17 +12,9 @@ use base64::Engine as _;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::smtp_server::{SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, expect_json_error, up, up_fails, workspace_root};
-
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{nanos}")
-}
+use support::{Spindle, UpOptions, expect_json_error, unique, up, up_fails, workspace_root};
 
 /// The repo's `spin.toml`, copied next to a runtime config with the
 /// components' `source` pointing at this build's wasm directory.
@@ -455,7 +447,10 @@ async fn a_failed_publish_leaves_no_orphan_video() {
     // video was stored.
     let text = std::fs::read_to_string(&manifest).unwrap();
     let without = text.replacen("publish_queues = [\"video\"]\n", "", 1);
-    assert_ne!(text, without, "spin.toml grants the gateway the video queue");
+    assert_ne!(
+        text, without,
+        "spin.toml grants the gateway the video queue"
+    );
     std::fs::write(&manifest, without).unwrap();
     let spindle = up(UpOptions::new(&manifest));
     let client = Client::new(&spindle);

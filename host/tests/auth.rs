@@ -40,11 +40,7 @@ fn start(runtime_config: Option<&str>, vars: &[&str]) -> (Spindle, Option<tempfi
 }
 
 fn unique_email(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{nanos}@example.com")
+    format!("{}@example.com", support::unique(tag))
 }
 
 fn now() -> u64 {

@@ -9,52 +9,19 @@
 
 mod support;
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use support::{Spindle, UpOptions, expect_json_error, up};
 
-const V1: &str = "deploy-probe-version-1";
-const V2: &str = "deploy-probe-version-2";
-
-/// Builds deploy-probe (and the other test components) once.
-fn probe_wasm() -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = support::build_components();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(support::workspace_root())
-            .args([
-                "build",
-                "--target",
-                "wasm32-wasip2",
-                "--release",
-                "-p",
-                "deploy-probe",
-            ])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building deploy-probe failed");
-    });
-    std::fs::read(dir.join("deploy_probe.wasm")).unwrap()
-}
+const V1: &str = support::PROBE_V1;
+const V2: &str = support::PROBE_V2;
 
 /// Writes both probe versions into `dir`.
 fn probe_versions(dir: &Path) -> (PathBuf, PathBuf) {
-    let v1 = probe_wasm();
-    let at: Vec<usize> = v1
-        .windows(V1.len())
-        .enumerate()
-        .filter(|(_, w)| *w == V1.as_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(at.len(), 1, "the version marker occurs once in the probe");
-    let mut v2 = v1.clone();
-    v2[at[0]..at[0] + V2.len()].copy_from_slice(V2.as_bytes());
+    let (v1, v2) = support::probe_versions();
     let (p1, p2) = (dir.join("probe-v1.wasm"), dir.join("probe-v2.wasm"));
     std::fs::write(&p1, &v1).unwrap();
     std::fs::write(&p2, &v2).unwrap();
@@ -62,11 +29,7 @@ fn probe_versions(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn sha_prefix(path: &Path) -> String {
-    hex(&Sha256::digest(std::fs::read(path).unwrap()))[..12].to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    support::sha_prefix(&std::fs::read(path).unwrap())
 }
 
 fn probe_manifest(dir: &Path, source: &Path) -> PathBuf {

@@ -11,20 +11,12 @@ mod support;
 
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::smtp_server::{Received, SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, up, write_manifest};
+use support::{Spindle, UpOptions, unique, up, write_manifest};
 
 const PUBLIC_URL: &str = "https://mp3.example.test:8443";
 const USER: &str = "user@example.com";
-
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{nanos}")
-}
 
 /// The testbed stores and publishes; notify handles `queue` with the grants
 /// it has in the repo's spin.toml.

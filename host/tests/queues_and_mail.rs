@@ -5,17 +5,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::smtp_server::{SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, up, write_manifest};
-
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{nanos}")
-}
+use support::{Spindle, UpOptions, unique, up, write_manifest};
 
 /// The testbed publishes to `queue` and (with the trigger) handles it;
 /// `quiet` (the same code) is granted nothing.

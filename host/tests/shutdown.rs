@@ -7,16 +7,8 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{Spindle, UpOptions, up, write_manifest};
-
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{nanos}")
-}
+use std::time::{Duration, Instant};
+use support::{Spindle, UpOptions, unique, up, write_manifest};
 
 /// The testbed answers HTTP and handles `queue` one message at a time.
 fn manifest(queue: &str) -> String {

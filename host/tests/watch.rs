@@ -10,58 +10,14 @@
 
 mod support;
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use support::{Spindle, UpOptions, up};
 
-const V1: &str = "deploy-probe-version-1";
-const V2: &str = "deploy-probe-version-2";
-
-/// The two versions of deploy-probe: its build, and that build with the
-/// version string patched (same length).
-fn probe_versions() -> (Vec<u8>, Vec<u8>) {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = support::build_components();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(support::workspace_root())
-            .args([
-                "build",
-                "--target",
-                "wasm32-wasip2",
-                "--release",
-                "-p",
-                "deploy-probe",
-            ])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building deploy-probe failed");
-    });
-    let v1 = std::fs::read(dir.join("deploy_probe.wasm")).unwrap();
-    let at: Vec<usize> = v1
-        .windows(V1.len())
-        .enumerate()
-        .filter(|(_, w)| *w == V1.as_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(at.len(), 1, "the version marker occurs once in the probe");
-    let mut v2 = v1.clone();
-    v2[at[0]..at[0] + V2.len()].copy_from_slice(V2.as_bytes());
-    (v1, v2)
-}
-
-fn sha_prefix(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..12]
-        .to_string()
-}
+const V1: &str = support::PROBE_V1;
+const V2: &str = support::PROBE_V2;
 
 /// Replaces a file the way an editor saves: write aside, then rename.
 fn save(path: &Path, bytes: &[u8]) {
@@ -146,7 +102,7 @@ async fn current(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_jso
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_rebuilds_only_the_changed_component_and_swaps_it_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2) = probe_versions();
+    let (v1, v2) = support::probe_versions();
     std::fs::create_dir_all(dir.path().join("src")).unwrap();
     std::fs::create_dir_all(dir.path().join("other")).unwrap();
     std::fs::write(dir.path().join("src/probe.wasm"), &v1).unwrap();
@@ -212,14 +168,14 @@ async fn watch_rebuilds_only_the_changed_component_and_swaps_it_in_place() {
     assert!(s.wait_exit(Duration::ZERO).is_none(), "spindle exited");
     let probe = current(&c, &s, "probe").await;
     assert_eq!(probe["action"], "watch", "{probe}");
-    assert_eq!(probe["version"], sha_prefix(&v2), "{probe}");
+    assert_eq!(probe["version"], support::sha_prefix(&v2), "{probe}");
     assert!(
         probe["source"]
             .as_str()
             .is_some_and(|src| src.ends_with("out/probe.wasm")),
         "{probe}"
     );
-    let swapped = format!("swapped in version {}", sha_prefix(&v2));
+    let swapped = format!("swapped in version {}", support::sha_prefix(&v2));
     assert!(s.log_contains(&swapped));
     let log = s.stderr();
     let line = log
@@ -257,7 +213,10 @@ async fn watch_rebuilds_only_the_changed_component_and_swaps_it_in_place() {
         "{refusal}"
     );
     assert_eq!(version(&c, &s).await, V2);
-    assert_eq!(current(&c, &s, "probe").await["version"], sha_prefix(&v2));
+    assert_eq!(
+        current(&c, &s, "probe").await["version"],
+        support::sha_prefix(&v2)
+    );
 
     // A failing build: the compiler's output is in the log, and the
     // running version stays.

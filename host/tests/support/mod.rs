@@ -50,12 +50,55 @@ pub fn build_components() -> PathBuf {
                 "testbed",
                 "-p",
                 "hello-p2",
+                "-p",
+                "deploy-probe",
             ])
             .status()
             .expect("running cargo build for the components");
         assert!(status.success(), "building the test components failed");
     });
     wasm_dir()
+}
+
+/// A name no other test run uses, for things on shared servers (queues,
+/// accounts).
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    format!("{tag}-{nanos}")
+}
+
+/// What the two versions of the deploy-probe component answer.
+pub const PROBE_V1: &str = "deploy-probe-version-1";
+pub const PROBE_V2: &str = "deploy-probe-version-2";
+
+/// The deploy-probe component and a second version of it: the same bytes
+/// with its version string patched (same length), so two artifacts with
+/// different hashes and different answers.
+pub fn probe_versions() -> (Vec<u8>, Vec<u8>) {
+    let v1 = std::fs::read(build_components().join("deploy_probe.wasm")).unwrap();
+    let at: Vec<usize> = v1
+        .windows(PROBE_V1.len())
+        .enumerate()
+        .filter(|(_, w)| *w == PROBE_V1.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the version marker occurs once in the probe");
+    let mut v2 = v1.clone();
+    v2[at[0]..at[0] + PROBE_V2.len()].copy_from_slice(PROBE_V2.as_bytes());
+    (v1, v2)
+}
+
+/// The version a host shows for `bytes`: its sha256 as 12 hex digits.
+pub fn sha_prefix(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A running `spindle up`, killed when dropped.
