@@ -147,17 +147,25 @@ async fn bind(
     Ok((channel, consumer))
 }
 
-/// Binds once (so a broker problem fails here), then follows the topic in
-/// the background, rebinding when the connection dies.
+/// Binds once (so a broker problem other than being unreachable fails
+/// here), then follows the topic in the background, binding once the
+/// broker answers and rebinding when the connection dies.
 pub(super) async fn subscribe(
     broker: Arc<RabbitMq>,
     topic: &str,
 ) -> Result<Subscription, QueueError> {
-    let first = bind(&broker, topic).await?;
+    let first = match bind(&broker, topic).await {
+        Ok(bound) => Some(bound),
+        Err(e @ QueueError::Connect { .. }) => {
+            tracing::warn!(%topic, "not subscribed yet, RabbitMQ is not reachable: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let (tx, rx) = mpsc::channel(64);
     let topic = topic.to_string();
     let task = tokio::spawn(async move {
-        let mut current = Some(first);
+        let mut current = first;
         let mut backoff = Duration::from_millis(100);
         loop {
             let (_channel, mut consumer) = match current.take() {

@@ -112,8 +112,21 @@ impl RabbitMq {
             queues,
             live: Mutex::new(None),
         };
-        broker.live().await?;
-        tracing::info!(target = %broker.target, queues = ?broker.queues, "connected to RabbitMQ");
+        // A broker that is not up yet (a cluster starting in any order) is
+        // not fatal: publishing fails until it is, consumers subscribe once
+        // it answers, and readiness reports it meanwhile.
+        match broker.live().await {
+            Ok(_) => {
+                tracing::info!(target = %broker.target, queues = ?broker.queues, "connected to RabbitMQ");
+            }
+            Err(e @ QueueError::Connect { .. }) => {
+                tracing::warn!(
+                    target = %broker.target,
+                    "RabbitMQ is not reachable yet; publishing fails and consumers wait until it is: {e}"
+                );
+            }
+            Err(e) => return Err(e),
+        }
         Ok(broker)
     }
 

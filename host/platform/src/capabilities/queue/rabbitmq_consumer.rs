@@ -48,16 +48,26 @@ struct Ctx {
     handler: Handler,
 }
 
-/// Subscribes once (so a bad queue or broker fails here), then runs the
-/// consumer in the background.
+/// Subscribes once (so a bad queue fails here), then runs the consumer in
+/// the background. A broker that cannot be reached yet is not an error:
+/// the consumer subscribes once it answers.
 pub(super) async fn start(
     broker: Arc<RabbitMq>,
     queue: &str,
     opts: ConsumeOptions,
     handler: Handler,
 ) -> Result<Consumer, QueueError> {
-    let first = subscribe(&broker, queue, &opts).await?;
-    tracing::info!(queue, ?opts, "consuming from RabbitMQ");
+    let first = match subscribe(&broker, queue, &opts).await {
+        Ok(sub) => {
+            tracing::info!(queue, ?opts, "consuming from RabbitMQ");
+            Some(sub)
+        }
+        Err(e @ QueueError::Connect { .. }) => {
+            tracing::warn!(queue, "not consuming yet, RabbitMQ is not reachable: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let ctx = Ctx {
         broker,
         queue: queue.to_string(),
@@ -95,10 +105,10 @@ async fn subscribe(
     })
 }
 
-async fn run(ctx: Ctx, first: Subscription, mut stop: StopSignal) {
+async fn run(ctx: Ctx, first: Option<Subscription>, mut stop: StopSignal) {
     let slots = Arc::new(Semaphore::new(ctx.opts.slots()));
     let mut running = JoinSet::new();
-    let mut next = Some(first);
+    let mut next = first;
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut sub = match next.take() {
