@@ -111,15 +111,7 @@ async fn main() {
         .unwrap_or(1024);
     let size = mib * CHUNK;
     let dir = tempfile::tempdir().unwrap();
-    let wasm = support::build_components();
-    let manifest = dir.path().join("spin.toml");
-    let text = std::fs::read_to_string(support::workspace_root().join("spin.toml"))
-        .unwrap()
-        .replace(
-            "source = \"target/wasm32-wasip2/release/",
-            &format!("source = \"{}/", wasm.display()),
-        );
-    std::fs::write(&manifest, text).unwrap();
+    let manifest = support::app_manifest(dir.path());
     let s = up(UpOptions::new(&manifest));
     let pid = s.pid();
     let client = reqwest::Client::builder()

@@ -14,21 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::smtp_server::{SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, expect_json_error, unique, up, up_fails, workspace_root};
-
-/// The repo's `spin.toml`, copied next to a runtime config with the
-/// components' `source` pointing at this build's wasm directory.
-fn app_manifest(dir: &Path) -> PathBuf {
-    let wasm = support::build_components();
-    let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
-    let text = text.replace(
-        "source = \"target/wasm32-wasip2/release/",
-        &format!("source = \"{}/", wasm.display()),
-    );
-    let path = dir.join("spin.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use support::{Spindle, UpOptions, expect_json_error, unique, up, up_fails};
 
 /// A `secs`-second MP4 (mpeg4 video, AAC audio) made by ffmpeg.
 fn make_video(dir: &Path, name: &str, secs: u32) -> PathBuf {
@@ -282,7 +268,7 @@ fn wait_for_outbox(spindle: &Spindle, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn video_to_mp3_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = app_manifest(dir.path());
+    let manifest = support::app_manifest(dir.path());
     let video = make_video(dir.path(), "clip.mp4", 12);
     let spindle = up(UpOptions::new(&manifest));
     let client = Client::new(&spindle);
@@ -305,7 +291,7 @@ async fn video_to_mp3_on_embedded_defaults() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_good_work_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = app_manifest(dir.path());
+    let manifest = support::app_manifest(dir.path());
     let video = make_video(dir.path(), "good.mp4", 10);
     let max = 4 * 1024 * 1024;
     let spindle = up(UpOptions::new(&manifest)
@@ -442,7 +428,7 @@ async fn bad_input_is_refused_and_good_work_goes_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_publish_leaves_no_orphan_video() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = app_manifest(dir.path());
+    let manifest = support::app_manifest(dir.path());
     // The gateway may no longer publish: every publish fails after the
     // video was stored.
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -473,7 +459,7 @@ async fn a_failed_publish_leaves_no_orphan_video() {
 #[test]
 fn missing_ffmpeg_is_said_plainly_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = app_manifest(dir.path());
+    let manifest = support::app_manifest(dir.path());
     let rc = dir.path().join("runtime.toml");
     std::fs::write(&rc, "[convert]\nffmpeg = \"/nonexistent/ffmpeg\"\n").unwrap();
     let stderr = up_fails(
@@ -521,7 +507,7 @@ async fn video_to_mp3_on_real_servers() {
     let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
     let smtp = SmtpServer::start(TlsMode::Plain);
     let dir = tempfile::tempdir().unwrap();
-    let manifest = app_manifest(dir.path());
+    let manifest = support::app_manifest(dir.path());
     let video = make_video(dir.path(), "clip.mp4", 15);
     let rc = dir.path().join("runtime.toml");
     std::fs::write(

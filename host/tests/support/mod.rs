@@ -60,6 +60,20 @@ pub fn build_components() -> PathBuf {
     wasm_dir()
 }
 
+/// The repo's `spin.toml`, copied next to a runtime config with the
+/// components' `source` pointing at this build's wasm directory.
+pub fn app_manifest(dir: &Path) -> PathBuf {
+    let wasm = build_components();
+    let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
+    let text = text.replace(
+        "source = \"target/wasm32-wasip2/release/",
+        &format!("source = \"{}/", wasm.display()),
+    );
+    let path = dir.join("spin.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A name no other test run uses, for things on shared servers (queues,
 /// accounts).
 pub fn unique(tag: &str) -> String {
