@@ -13,7 +13,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::smtp_server::{Received, SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, unique, up, write_manifest};
+use support::{Spindle, unique, up_with_config, write_manifest};
 
 const PUBLIC_URL: &str = "https://mp3.example.test:8443";
 const USER: &str = "user@example.com";
@@ -51,16 +51,6 @@ public_url = "{{{{ public_url }}}}"
         testbed = wasm.join("testbed.wasm").display(),
         notify = wasm.join("notifier.wasm").display(),
     )
-}
-
-fn start(manifest: &Path, runtime_config: &str) -> (Spindle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let rc = dir.path().join("runtime.toml");
-    std::fs::write(&rc, runtime_config).unwrap();
-    let s = up(UpOptions::new(manifest)
-        .arg("--runtime-config-file")
-        .arg(rc.display().to_string()));
-    (s, dir)
 }
 
 /// Stores an MP3-ish blob in `mp3s` and returns its fid.
@@ -202,7 +192,7 @@ async fn dead_letter_reason(s: &Spindle, queue: &str, body: &str) -> String {
 async fn notify_emails_once_per_job_on_embedded_backends() {
     let queue = "mp3";
     let (_m, manifest) = write_manifest(&manifest(queue));
-    let (s, _rc) = start(&manifest, "");
+    let (s, _rc) = up_with_config(&manifest, "");
 
     let fid = store_mp3(&s).await;
     let job_id = unique("job");
@@ -277,7 +267,7 @@ async fn notify_on_rabbitmq_mails_over_smtp_once() {
     // each other's messages.
     let queue = unique("mp3");
     let (_m, manifest) = write_manifest(&manifest(&queue));
-    let (s, _rc) = start(
+    let (s, _rc) = up_with_config(
         &manifest,
         &format!(
             "[amqp]\nurl = \"{amqp}\"\n[smtp]\nurl = \"{}\"\n",

@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::smtp_server::{SmtpServer, TlsMode};
-use support::{Spindle, UpOptions, unique, up, write_manifest};
+use support::{Spindle, UpOptions, unique, up, up_with_config, write_manifest};
 
 /// The testbed publishes to `queue` and (with the trigger) handles it;
 /// `quiet` (the same code) is granted nothing.
@@ -48,16 +48,6 @@ source = "{wasm}"
     let (head, rest) = text.split_once("[[trigger.amqp]]").unwrap();
     let (_, components) = rest.split_once("[component.testbed]").unwrap();
     format!("{head}[component.testbed]{components}")
-}
-
-fn start(manifest: &Path, runtime_config: &str) -> (Spindle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let rc = dir.path().join("runtime.toml");
-    std::fs::write(&rc, runtime_config).unwrap();
-    let s = up(UpOptions::new(manifest)
-        .arg("--runtime-config-file")
-        .arg(rc.display().to_string()));
-    (s, dir)
 }
 
 async fn publish(s: &Spindle, queue: &str, body: &str) -> reqwest::Response {
@@ -148,7 +138,7 @@ async fn failures_retry_then_stop(s: &Spindle, queue: &str) {
 async fn queue_trigger_and_mail_on_embedded_backends() {
     let queue = "jobs";
     let (_m, manifest) = write_manifest(&manifest(queue));
-    let (s, _rc) = start(&manifest, "");
+    let (s, _rc) = up_with_config(&manifest, "");
     assert!(s.log_contains("embedded queue"), "{}", s.stderr());
 
     // Published through the component, consumed by the trigger, mailed.
@@ -209,7 +199,7 @@ async fn queue_trigger_on_rabbitmq_and_mail_over_smtp() {
     let smtp = SmtpServer::start(TlsMode::Plain);
     let queue = unique("jobs");
     let (_m, manifest) = write_manifest(&manifest(&queue));
-    let (s, _rc) = start(
+    let (s, _rc) = up_with_config(
         &manifest,
         &format!(
             "[amqp]\nurl = \"{amqp}\"\n[smtp]\nurl = \"{}\"\n",
@@ -304,7 +294,7 @@ async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
     late.set_port(Some(port)).unwrap();
     let queue = unique("late");
     let (_dir, manifest) = write_manifest(&manifest(&queue));
-    let (s, _rc) = start(&manifest, &format!("[amqp]\nurl = \"{late}\"\n"));
+    let (s, _rc) = up_with_config(&manifest, &format!("[amqp]\nurl = \"{late}\"\n"));
     let client = support::client();
 
     let alive = client

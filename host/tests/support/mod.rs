@@ -301,6 +301,18 @@ impl Spindle {
     }
 }
 
+/// Starts `spindle up` with `runtime_config` (TOML text) as its runtime
+/// config file, kept in the returned directory.
+pub fn up_with_config(manifest: &Path, runtime_config: &str) -> (Spindle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(&rc, runtime_config).unwrap();
+    let s = up(UpOptions::new(manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string()));
+    (s, dir)
+}
+
 /// Runs `spindle up` expecting it to fail at start-up; returns its stderr.
 pub fn up_fails(opts: UpOptions<'_>) -> String {
     let dir = tempfile::tempdir().unwrap();
