@@ -152,12 +152,24 @@ impl Client {
     }
 
     async fn download(&self, token: &str, fid: &str, range: Option<&str>) -> reqwest::Response {
+        let headers: Vec<_> = range.map(|range| ("range", range)).into_iter().collect();
+        self.download_with(reqwest::Method::GET, token, fid, &headers)
+            .await
+    }
+
+    async fn download_with(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        fid: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut req = self
             .http
-            .get(format!("{}/download?fid={fid}", self.url))
+            .request(method, format!("{}/download?fid={fid}", self.url))
             .bearer_auth(token);
-        if let Some(range) = range {
-            req = req.header("range", range);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         req.send().await.unwrap()
     }
@@ -230,6 +242,56 @@ async fn convert_one(client: &Client, token: &str, video: &Path) -> (String, Str
         .await;
     assert_eq!(header(&resp, "content-range"), format!("bytes */{length}"));
     expect_json_error(resp, 416).await;
+
+    // HEAD: the GET's headers, no body.
+    let resp = client
+        .download_with(reqwest::Method::HEAD, token, &mp3_fid, &[])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-length"), length.to_string());
+    let etag = header(&resp, "etag");
+    assert_eq!(etag, format!("\"{mp3_fid}\""));
+    let last_modified = header(&resp, "last-modified");
+    assert!(last_modified.ends_with(" GMT"), "{last_modified}");
+    assert!(resp.bytes().await.unwrap().is_empty());
+
+    // Resuming: If-Range with the same file's validator gets the rest; with
+    // another's, the whole file.
+    for validator in [etag.as_str(), last_modified.as_str()] {
+        let resp = client
+            .download_with(
+                reqwest::Method::GET,
+                token,
+                &mp3_fid,
+                &[("range", "bytes=1000-"), ("if-range", validator)],
+            )
+            .await;
+        assert_eq!(resp.status(), 206, "If-Range: {validator}");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), &mp3[1000..]);
+    }
+    let resp = client
+        .download_with(
+            reqwest::Method::GET,
+            token,
+            &mp3_fid,
+            &[("range", "bytes=1000-"), ("if-range", "\"another-file\"")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &mp3[..]);
+
+    // A cache revalidating gets 304 and no body.
+    let resp = client
+        .download_with(
+            reqwest::Method::GET,
+            token,
+            &mp3_fid,
+            &[("if-none-match", etag.as_str())],
+        )
+        .await;
+    assert_eq!(resp.status(), 304);
+    assert_eq!(header(&resp, "etag"), etag);
+    assert!(resp.bytes().await.unwrap().is_empty());
     (job_id, mp3_fid)
 }
 
@@ -421,6 +483,17 @@ async fn bad_input_is_refused_and_good_work_goes_on() {
     .await;
     expect_json_error(client.download(&token, "not-an-id", None).await, 400).await;
     expect_json_error(client.download(&token, "../../etc/passwd", None).await, 400).await;
+    // HEAD reveals no more than GET; other methods are refused with `Allow`.
+    let resp = client
+        .download_with(reqwest::Method::HEAD, &other, mp3_fid, &[])
+        .await;
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("etag").is_none());
+    let resp = client
+        .download_with(reqwest::Method::DELETE, &token, mp3_fid, &[])
+        .await;
+    assert_eq!(header(&resp, "allow"), "GET, HEAD");
+    expect_json_error(resp, 405).await;
     // The owner still gets the file.
     assert_eq!(client.download(&token, mp3_fid, None).await.status(), 200);
 }

@@ -264,11 +264,7 @@ async fn outbound_http_is_limited_to_allowed_hosts() {
     assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
     // The warning is logged as the refusal happens, which may be after
     // the response is already on its way back.
-    assert!(
-        s.log_contains("add \"http://127.0.0.1:"),
-        "{}",
-        s.stderr()
-    );
+    assert!(s.log_contains("add \"http://127.0.0.1:"), "{}", s.stderr());
     drop(s);
 
     // The same request once the host is allowed.

@@ -1,11 +1,14 @@
 //! `GET /download?fid=<mp3_fid>`: streams an MP3 to its owner (or an admin),
 //! with single byte ranges so players can seek and downloads can resume.
+//! `HEAD` answers with the same headers and no body; `If-Range` and
+//! `If-None-Match` use the validators from [`crate::conditional`].
 
-use spin_sdk::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use spin_sdk::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::auth::Caller;
 use crate::bindings::blobs::store;
-use crate::errors::{ApiError, HttpResponse, blob_error, with_body};
+use crate::conditional::Validators;
+use crate::errors::{ApiError, HttpResponse, blob_error, empty, with_body};
 use crate::range::{RangeRequest, content_disposition, parse_fid};
 use crate::streams::blob_body;
 use crate::{MP3S_BUCKET, metadata};
@@ -25,13 +28,25 @@ pub async fn download(caller: &Caller, req: &Request) -> Result<HttpResponse, Ap
         return Err(ApiError::not_found(NOT_FOUND));
     }
 
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let validators = Validators::new(&fid, info.uploaded_at);
+    let mut headers = vec![
+        ("etag", validators.etag.clone()),
+        ("last-modified", validators.last_modified.clone()),
+        ("accept-ranges", "bytes".to_owned()),
+    ];
+    if validators.none_match_hits(header("if-none-match")) {
+        let mut response = empty(StatusCode::NOT_MODIFIED);
+        set_headers(&mut response, headers);
+        return Ok(response);
+    }
+
     let len = info.length;
-    let range = RangeRequest::parse(
-        req.headers()
-            .get("range")
-            .and_then(|value| value.to_str().ok()),
-        len,
-    );
+    let range = if validators.range_allowed(header("if-range")) {
+        RangeRequest::parse(header("range"), len)
+    } else {
+        RangeRequest::Full
+    };
     let (status, start, count) = match range {
         RangeRequest::Full => (StatusCode::OK, 0, len),
         RangeRequest::Partial { start, end } => {
@@ -52,7 +67,7 @@ pub async fn download(caller: &Caller, req: &Request) -> Result<HttpResponse, Ap
     // Prefer the uploaded video's name, which the worker may record; the
     // MP3's own filename is the fallback.
     let name = metadata(&info.metadata, "video_filename").unwrap_or(&info.filename);
-    let mut response = if count == 0 {
+    let mut response = if count == 0 || req.method() == Method::HEAD {
         with_body(status, "audio/mpeg", Vec::new())
     } else {
         let (_info, data, done) =
@@ -67,25 +82,29 @@ pub async fn download(caller: &Caller, req: &Request) -> Result<HttpResponse, Ap
         response
     };
 
-    let mut headers = vec![
+    headers.extend([
         ("content-type", "audio/mpeg".to_owned()),
         ("content-length", count.to_string()),
-        ("accept-ranges", "bytes".to_owned()),
         ("content-disposition", content_disposition(name)),
-    ];
+    ]);
     if status == StatusCode::PARTIAL_CONTENT {
         headers.push((
             "content-range",
             format!("bytes {start}-{}/{len}", start + count - 1),
         ));
     }
+    set_headers(&mut response, headers);
+    Ok(response)
+}
+
+fn set_headers(response: &mut HttpResponse, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
-        // Every value is built from digits or sanitised ASCII above.
+        // Every value is built from digits, a hex fid, an HTTP-date or
+        // sanitised ASCII above.
         if let Ok(value) = HeaderValue::from_str(&value) {
             response
                 .headers_mut()
                 .insert(HeaderName::from_static(name), value);
         }
     }
-    Ok(response)
 }

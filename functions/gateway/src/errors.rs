@@ -101,6 +101,13 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     }
 }
 
+/// A response without a body or content type, such as `304`.
+pub fn empty(status: StatusCode) -> HttpResponse {
+    let mut response = Response::new(box_body(FullBody::new(Bytes::new())));
+    *response.status_mut() = status;
+    response
+}
+
 /// A buffered response with the given content type.
 pub fn with_body(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> HttpResponse {
     let mut response = Response::new(box_body(FullBody::new(Bytes::from(body))));

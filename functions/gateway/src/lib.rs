@@ -4,7 +4,8 @@
 //! - `POST /upload` (Bearer, multipart with one file) → `202` job
 //! - `GET /jobs/{job_id}` (Bearer, owner or admin) → the job's state
 //! - `GET /download?fid=<mp3_fid>` (Bearer, owner or admin) → the MP3,
-//!   streamed, with single byte ranges
+//!   streamed, with single byte ranges, `If-Range` and `If-None-Match`;
+//!   `HEAD` gives the same headers
 //!
 //! Tokens are checked by auth's `/validate` over `http://auth.spin.internal`;
 //! files live in the `videos` and `mp3s` buckets of the blob capability and
@@ -13,6 +14,7 @@
 
 mod auth;
 mod bindings;
+mod conditional;
 mod download;
 mod errors;
 mod jobs;
@@ -63,10 +65,12 @@ impl<'a> Route<'a> {
         }
     }
 
-    fn method(&self) -> Method {
+    /// The methods this route accepts, as listed in `Allow`.
+    fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Login | Route::Upload => Method::POST,
-            Route::Job(_) | Route::Download => Method::GET,
+            Route::Login | Route::Upload => &[Method::POST],
+            Route::Job(_) => &[Method::GET],
+            Route::Download => &[Method::GET, Method::HEAD],
         }
     }
 }
@@ -74,13 +78,18 @@ impl<'a> Route<'a> {
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {
     let path = req.uri().path().to_owned();
     let route = Route::parse(&path)?;
-    let allowed = route.method();
-    if req.method() != allowed {
+    let allowed = route.methods();
+    if !allowed.contains(req.method()) {
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} only accepts {allowed}, not {}", req.method()),
+            format!("{path} only accepts {allow}, not {}", req.method()),
         )
-        .with_header(HeaderName::from_static("allow"), allowed.as_str()));
+        .with_header(HeaderName::from_static("allow"), allow));
     }
     match route {
         Route::Login => auth::login(req).await,
@@ -121,6 +130,13 @@ mod tests {
             let e = Route::parse(missing).expect_err(missing);
             assert_eq!(e.status(), StatusCode::NOT_FOUND, "{missing}");
         }
+    }
+
+    #[test]
+    fn download_also_answers_head() {
+        assert_eq!(Route::Download.methods(), [Method::GET, Method::HEAD]);
+        assert_eq!(Route::Job("x").methods(), [Method::GET]);
+        assert_eq!(Route::Upload.methods(), [Method::POST]);
     }
 
     #[test]
