@@ -96,6 +96,23 @@ async fn serves_both_wasi_http_generations_and_variables() {
     assert!(v.text().await.unwrap().contains("Undefined"));
     // Secrets never reach the log.
     assert!(!s.stderr().contains("s3cr3t-value"), "{}", s.stderr());
+
+    // `hidden` (the testbed without grants) started, and the log said which
+    // grants its imports lack; hello-p2 needs none.
+    assert!(
+        s.log_contains("which [component.hidden] in spin.toml does not grant"),
+        "{}",
+        s.stderr()
+    );
+    let log = s.stderr();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("[component.hidden]"))
+        .unwrap_or_default();
+    for grant in ["blob_buckets", "publish_queues", "send_mail"] {
+        assert!(warning.contains(&format!("(grant: {grant}")), "{warning}");
+    }
+    assert!(!log.contains("[component.hello-p2]"), "{log}");
 }
 
 /// Sends the request body in chunks and reads each chunk back before the

@@ -102,6 +102,17 @@ pub(crate) struct Loader {
     pub(crate) manifest: Manifest,
 }
 
+/// What linking does about imports the component's grants do not cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ungranted {
+    /// Refuse the version: hot deploys and deployed versions at start-up
+    /// ([`crate::deploy::check_grants`]).
+    Refuse,
+    /// Link it and log a warning: the manifest's own source at start-up,
+    /// which runs as Spin would, its calls failing with permission-denied.
+    Warn,
+}
+
 /// A linked version, not yet serving.
 pub(crate) struct Linked {
     pub(crate) http: Option<Arc<HttpComponent>>,
@@ -113,10 +124,10 @@ pub(crate) struct Linked {
 impl Loader {
     /// Compiles (or loads from the cache) and links `wasm` as component
     /// `id` with its grants, and checks it can play its part: an HTTP
-    /// export when routed, a queue handler when triggered. With
-    /// `check_grants`, every capability it imports must be granted (hot
-    /// redeploys; see [`crate::deploy::check_grants`]). CPU-bound.
-    pub(crate) fn link(&self, id: &str, wasm: &[u8], check_grants: bool) -> Result<Linked> {
+    /// export when routed, a queue handler when triggered. `ungranted` says
+    /// what to do about imported capabilities that are not granted.
+    /// CPU-bound.
+    pub(crate) fn link(&self, id: &str, wasm: &[u8], ungranted: Ungranted) -> Result<Linked> {
         let Some(component) = self.manifest.components.get(id) else {
             bail!("no component `{id}` in the manifest");
         };
@@ -127,8 +138,19 @@ impl Loader {
             .with_context(|| format!("no grants for component `{id}`"))?;
         let linked =
             LinkedComponent::from_bytes(&self.engine, &self.cache, &self.linker, id, wasm, grants)?;
-        if check_grants {
-            crate::deploy::check_grants(id, component, &linked.imports)?;
+        match ungranted {
+            Ungranted::Refuse => crate::deploy::check_grants(id, component, &linked.imports)?,
+            Ungranted::Warn => {
+                let missing = crate::deploy::ungranted_imports(component, &linked.imports);
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        component = %id,
+                        "imports {}, which [component.{id}] in spin.toml does not grant; \
+                         those calls will be refused with permission-denied",
+                        missing.join(", ")
+                    );
+                }
+            }
         }
         let triggered = self
             .manifest
@@ -264,20 +286,19 @@ impl App {
             let started = Instant::now();
             // A deployed version that no longer links (e.g. a grant was
             // removed from the manifest since) falls back to the manifest's.
-            let redeployed =
-                deployed
-                    .remove(id)
-                    .and_then(|d| match loader.link(id, &d.wasm, true) {
-                        Ok(linked) => Some((linked, d.wasm, d.record)),
-                        Err(e) => {
-                            tracing::warn!(
-                                component = %id,
-                                version = %d.record.short(),
-                                "cannot run the deployed version, using the manifest's: {e:#}"
-                            );
-                            None
-                        }
-                    });
+            let redeployed = deployed.remove(id).and_then(|d| {
+                match loader.link(id, &d.wasm, Ungranted::Refuse) {
+                    Ok(linked) => Some((linked, d.wasm, d.record)),
+                    Err(e) => {
+                        tracing::warn!(
+                            component = %id,
+                            version = %d.record.short(),
+                            "cannot run the deployed version, using the manifest's: {e:#}"
+                        );
+                        None
+                    }
+                }
+            });
             let (linked, wasm, record) = match redeployed {
                 Some(found) => found,
                 None => {
@@ -288,7 +309,7 @@ impl App {
                             source.display()
                         )
                     })?;
-                    let linked = loader.link(id, &wasm, false)?;
+                    let linked = loader.link(id, &wasm, Ungranted::Warn)?;
                     let record = VersionRecord::new(
                         id,
                         &linked.digest,

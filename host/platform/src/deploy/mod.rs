@@ -187,13 +187,29 @@ impl DeployReport {
 /// Refuses imports of capabilities the component's manifest entry does not
 /// grant. The linker offers every capability to every component (their
 /// grants are enforced at call time), so this is what makes a deploy fail
-/// up front instead of at the first call. Interfaces not listed here (WASI,
-/// `wasi:http`, variables) need no grant to be imported.
+/// up front instead of at the first call.
 pub fn check_grants(
     id: &str,
     component: &crate::manifest::Component,
     imports: &[String],
 ) -> anyhow::Result<()> {
+    let missing = ungranted_imports(component, imports);
+    if !missing.is_empty() {
+        bail!(
+            "component `{id}` imports {}, which its manifest entry does not grant; add the grant to [component.{id}] in spin.toml and restart, or deploy a build that does not use it",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The imports among `imports` that need a grant `component` lacks, each
+/// with the grant to add. Interfaces not listed here (WASI, `wasi:http`,
+/// variables) need no grant.
+pub fn ungranted_imports(
+    component: &crate::manifest::Component,
+    imports: &[String],
+) -> Vec<String> {
     let mysql_granted = !component.mysql_databases.is_empty()
         || component
             .allowed_outbound_hosts
@@ -215,13 +231,7 @@ pub fn check_grants(
         };
         missing.push(format!("{name} (grant: {need})"));
     }
-    if !missing.is_empty() {
-        bail!(
-            "component `{id}` imports {}, which its manifest entry does not grant; add the grant to [component.{id}] in spin.toml and restart, or deploy a build that does not use it",
-            missing.join(", ")
-        );
-    }
-    Ok(())
+    missing
 }
 
 /// The history a component's records describe, oldest first; the last
@@ -305,7 +315,7 @@ impl App {
     async fn link_off_executor(&self, id: &str, wasm: Arc<[u8]>) -> Result<Linked, DeployError> {
         let loader = self.loader.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || loader.link(&id, &wasm, true))
+        tokio::task::spawn_blocking(move || loader.link(&id, &wasm, crate::app::Ungranted::Refuse))
             .await
             .map_err(|e| DeployError::Refused(format!("compiling panicked: {e}")))?
             .map_err(|e| DeployError::Refused(format!("{e:#}")))
