@@ -147,7 +147,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .context("subscribing to deploy events")?;
     // Rebuilds and swaps watched components; stops with the process.
     let _watching = match watch_manifest {
-        Some(manifest) => crate::watch::start(app.clone(), &manifest)?,
+        Some(manifest) => Some(crate::watch::start(app.clone(), &manifest)?),
         None => None,
     };
     print_routes(&app, listen_addr, admin_addr);

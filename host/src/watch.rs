@@ -26,6 +26,11 @@
 //!   arrive during a build are kept, and make exactly one more rebuild
 //!   after it: the last change is always built, and a burst does not
 //!   queue a build per event.
+//!
+//! `spin.toml` itself is watched too, but not applied: routes, triggers,
+//! grants and variables are fixed when the host starts. An edit is checked
+//! and logged with the sections it changed (or why it no longer loads), so
+//! it is never silently ignored; a restart applies it.
 
 use crate::builder;
 use anyhow::{Context, Result};
@@ -74,11 +79,28 @@ impl Watched {
     }
 }
 
-/// Starts watching every component with `build.watch`; `None` when there
-/// is none (logged). Errors only when the watcher itself cannot start.
-pub fn start(app: Arc<App>, manifest: &Manifest) -> Result<Option<Watching>> {
+/// The manifest as it was when the host started, to tell edits apart.
+struct ManifestWatch {
+    path: PathBuf,
+    loaded: toml::Table,
+}
+
+/// Starts watching every component with `build.watch`, and the manifest.
+/// Errors only when the watcher itself cannot start.
+pub fn start(app: Arc<App>, manifest: &Manifest) -> Result<Watching> {
     let mut watched = Vec::new();
     let mut roots: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
+    let manifest_path = manifest
+        .path
+        .canonicalize()
+        .with_context(|| format!("watching {}", manifest.path.display()))?;
+    let manifest_watch = ManifestWatch {
+        loaded: read_table(&manifest_path).unwrap_or_default(),
+        path: manifest_path.clone(),
+    };
+    if let Some(folder) = manifest_path.parent() {
+        roots.insert(folder.to_path_buf(), RecursiveMode::NonRecursive);
+    }
     for (id, component) in &manifest.components {
         let Some(build) = &component.build else {
             continue;
@@ -136,8 +158,7 @@ pub fn start(app: Arc<App>, manifest: &Manifest) -> Result<Option<Watching>> {
         });
     }
     if watched.is_empty() {
-        tracing::warn!("--watch: no component has `build.watch` globs; nothing is watched");
-        return Ok(None);
+        tracing::warn!("--watch: no component has `build.watch` globs; only spin.toml is watched");
     }
 
     let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
@@ -181,8 +202,8 @@ pub fn start(app: Arc<App>, manifest: &Manifest) -> Result<Option<Watching>> {
             w.wake.clone(),
         ));
     }
-    tokio::spawn(dispatch(rx, watched));
-    Ok(Some(Watching { _watcher: watcher }))
+    tokio::spawn(dispatch(rx, watched, manifest_watch));
+    Ok(Watching { _watcher: watcher })
 }
 
 /// `*` does not cross `/` (as in Spin's globs); `**` does.
@@ -239,11 +260,18 @@ fn changes(kind: &EventKind) -> bool {
 
 /// Collects changed paths until [`DEBOUNCE`] passes without one, then
 /// wakes the components whose globs match them.
-async fn dispatch(mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>, watched: Vec<Watched>) {
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    watched: Vec<Watched>,
+    mut manifest: ManifestWatch,
+) {
     while let Some(first) = rx.recv().await {
         let mut changed: BTreeSet<PathBuf> = first.into_iter().collect();
         while let Ok(Some(paths)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
             changed.extend(paths);
+        }
+        if changed.contains(&manifest.path) {
+            manifest.check();
         }
         for w in &watched {
             let hits: Vec<PathBuf> = changed.iter().filter(|p| w.matches(p)).cloned().collect();
@@ -255,6 +283,65 @@ async fn dispatch(mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>, watched: Vec<Wa
             w.wake.notify_one();
         }
     }
+}
+
+impl ManifestWatch {
+    /// Logs what an edit of the manifest changed, and that a restart
+    /// applies it; or why the edited file would not load.
+    fn check(&mut self) {
+        if let Err(e) = Manifest::load(&self.path) {
+            tracing::error!(
+                "--watch: {} was edited and no longer loads: {e}; the running app keeps the \
+                 manifest it started with",
+                self.path.display()
+            );
+            return;
+        }
+        let Some(now) = read_table(&self.path) else {
+            return;
+        };
+        let changed = changed_sections(&self.loaded, &now);
+        if changed.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "--watch: {} changed ({}); the running app keeps the manifest it started with \
+             (routes, triggers, grants and variables are fixed at start-up): restart \
+             `spindle up` to apply it",
+            self.path.display(),
+            changed.join(", ")
+        );
+        // Said once per edit, not again on the next unrelated save.
+        self.loaded = now;
+    }
+}
+
+/// The manifest as a TOML table, or `None` when it cannot be read.
+fn read_table(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
+}
+
+/// The sections that differ, named as in the file: `application`,
+/// `variables`, `trigger.http`, `component.gateway`, ...
+fn changed_sections(before: &toml::Table, after: &toml::Table) -> Vec<String> {
+    let mut changed = Vec::new();
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for key in keys {
+        match (before.get(key), after.get(key)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b)))
+                if key == "component" || key == "trigger" =>
+            {
+                for inner in a.keys().chain(b.keys()).collect::<BTreeSet<_>>() {
+                    if a.get(inner) != b.get(inner) {
+                        changed.push(format!("{key}.{inner}"));
+                    }
+                }
+            }
+            (a, b) if a != b => changed.push(key.clone()),
+            _ => {}
+        }
+    }
+    changed
 }
 
 /// A poisoned lock only means another task panicked holding it; the set
@@ -362,6 +449,43 @@ async fn rebuild(app: &Arc<App>, manifest: &Arc<Manifest>, id: &str, files: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_edits_are_named_by_section() {
+        let before: toml::Table = r#"
+            [application]
+            name = "app"
+            [[trigger.http]]
+            route = "/a"
+            component = "a"
+            [[trigger.amqp]]
+            queue = "q"
+            component = "b"
+            [component.a]
+            source = "a.wasm"
+            [component.b]
+            source = "b.wasm"
+        "#
+        .parse()
+        .unwrap();
+        assert!(changed_sections(&before, &before).is_empty());
+
+        let mut after = before.clone();
+        after["trigger"]["http"][0]["route"] = "/b".into();
+        after["component"]["b"]
+            .as_table_mut()
+            .unwrap()
+            .insert("send_mail".into(), true.into());
+        after.insert("variables".into(), toml::Table::new().into());
+        assert_eq!(
+            changed_sections(&before, &after),
+            ["component.b", "trigger.http", "variables"]
+        );
+
+        let mut removed = before.clone();
+        removed["component"].as_table_mut().unwrap().remove("a");
+        assert_eq!(changed_sections(&before, &removed), ["component.a"]);
+    }
 
     #[test]
     fn roots_are_the_globs_literal_folders() {

@@ -81,6 +81,11 @@ where
 }
 
 async fn current(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_json::Value {
+    listing(c, s, component).await["current"].clone()
+}
+
+/// `component`'s entry in the admin API's component list.
+async fn listing(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_json::Value {
     let status: serde_json::Value = c
         .get(format!("{}/components", s.admin))
         .send()
@@ -95,7 +100,7 @@ async fn current(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_jso
         .expect("a list of components")
         .iter()
         .find(|e| e["component"] == component)
-        .unwrap_or_else(|| panic!("{component} in {status}"))["current"]
+        .unwrap_or_else(|| panic!("{component} in {status}"))
         .clone()
 }
 
@@ -231,4 +236,48 @@ async fn watch_rebuilds_only_the_changed_component_and_swaps_it_in_place() {
     assert_eq!(version(&c, &s).await, V2);
     assert_eq!(s.pid(), pid);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "built\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_manifest_is_reported_and_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, _) = support::probe_versions();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    std::fs::write(dir.path().join("src/probe.wasm"), &v1).unwrap();
+    std::fs::write(dir.path().join("other/other.wasm"), &v1).unwrap();
+    let manifest = watch_manifest(dir.path());
+    let mut s = up(UpOptions::new(&manifest).arg("--build").arg("--watch"));
+    let c = support::client();
+    assert_eq!(version(&c, &s).await, V1);
+
+    // A route and a grant change: named in the log, not applied.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let edited = text
+        .replace("route = \"/other/...\"", "route = \"/elsewhere/...\"")
+        .replace(
+            "[component.other]\nsource = \"out/other.wasm\"\nsend_mail = true",
+            "[component.other]\nsource = \"out/other.wasm\"\nsend_mail = false",
+        );
+    assert_ne!(edited, text);
+    save(&manifest, edited.as_bytes());
+    let reported = "changed (component.other, trigger.http); the running app keeps the manifest";
+    assert!(s.log_contains(reported), "{}", s.stderr());
+    assert!(s.stderr().contains("restart `spindle up` to apply it"));
+    let other = listing(&c, &s, "other").await;
+    assert_eq!(
+        other["routes"],
+        serde_json::json!(["/other/..."]),
+        "{other}"
+    );
+
+    // An edit that breaks the file: the reason, and the app keeps serving.
+    save(&manifest, b"spin_manifest_version = 2\n[application\n");
+    assert!(
+        s.log_contains("was edited and no longer loads"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(version(&c, &s).await, V1);
+    assert!(s.wait_exit(Duration::ZERO).is_none(), "spindle exited");
 }
