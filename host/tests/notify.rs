@@ -53,12 +53,12 @@ public_url = "{{{{ public_url }}}}"
     )
 }
 
-/// Stores an MP3-ish blob in `mp3s` and returns its fid.
-async fn store_mp3(s: &Spindle) -> String {
+/// Stores an MP3-ish blob owned by `owner` in `mp3s` and returns its fid.
+async fn store_mp3(s: &Spindle, owner: &str) -> String {
     let mut body = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
     body.extend(std::iter::repeat_n(0xFFu8, 4096));
     let r = support::client()
-        .post(format!("{}/blob/mp3s", s.url))
+        .post(format!("{}/blob/mp3s?owner={owner}", s.url))
         .body(body)
         .send()
         .await
@@ -194,7 +194,7 @@ async fn notify_emails_once_per_job_on_embedded_backends() {
     let (_m, manifest) = write_manifest(&manifest(queue));
     let (s, _rc) = up_with_config(&manifest, "");
 
-    let fid = store_mp3(&s).await;
+    let fid = store_mp3(&s, USER).await;
     let job_id = unique("job");
     let body = mp3_message(&job_id, &fid, USER);
     publish(&s, queue, &body).await;
@@ -210,7 +210,7 @@ async fn notify_emails_once_per_job_on_embedded_backends() {
     wait_for_log(&s, &format!("job {job_id}: emailed {USER}")).await;
     let message_id = format!("<mp3-ready.{job_id}@spindle.local>");
     assert_eq!(mp3_metadata(&s, &fid)["notified"], message_id.as_str());
-    assert_eq!(mp3_metadata(&s, &fid)["owner"], "testbed", "others kept");
+    assert_eq!(mp3_metadata(&s, &fid)["owner"], USER, "others kept");
 
     // The same job again (a new queue message-id, as a redelivery may have):
     // handled, acknowledged, and no second email.
@@ -242,12 +242,20 @@ async fn notify_emails_once_per_job_on_embedded_backends() {
     let reason = dead_letter_reason(&s, queue, &gone).await;
     assert!(reason.contains("no longer exists"), "{reason}");
 
-    let other = store_mp3(&s).await;
-    let bad_to = mp3_message("j-bad-to", &other, "not an address");
+    let other = store_mp3(&s, "not-an-address").await;
+    let bad_to = mp3_message("j-bad-to", &other, "not-an-address");
     publish(&s, queue, &bad_to).await;
     let reason = dead_letter_reason(&s, queue, &bad_to).await;
     assert!(reason.contains("cannot be sent to"), "{reason}");
     assert!(mp3_metadata(&s, &other).get("notified").is_none());
+
+    // An MP3 of another account: no email about it to this user.
+    let theirs = store_mp3(&s, "someone-else@example.com").await;
+    let not_theirs = mp3_message("j-not-theirs", &theirs, USER);
+    publish(&s, queue, &not_theirs).await;
+    let reason = dead_letter_reason(&s, queue, &not_theirs).await;
+    assert!(reason.contains("belongs to another account"), "{reason}");
+    assert!(mp3_metadata(&s, &theirs).get("notified").is_none());
 
     // Rejected, not retried: one attempt each.
     for d in dead_letters(&s, queue).await {
@@ -276,7 +284,7 @@ async fn notify_on_rabbitmq_mails_over_smtp_once() {
     );
     assert!(s.log_contains("RabbitMQ"), "{}", s.stderr());
 
-    let fid = store_mp3(&s).await;
+    let fid = store_mp3(&s, USER).await;
     let job_id = unique("job");
     let body = mp3_message(&job_id, &fid, USER);
     publish(&s, &queue, &body).await;

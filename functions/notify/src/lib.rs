@@ -18,8 +18,10 @@
 //! Delivery is at-least-once, and a redelivered message may carry a new
 //! queue message-id, so the job itself is the key:
 //!
-//! 1. `stat` the MP3; if its metadata has `notified`, the email went out
-//!    already: ack without sending.
+//! 1. `stat` the MP3. If its metadata names another owner or job than the
+//!    message, the message is not about this user's MP3: reject it rather
+//!    than email someone about a file they cannot download. If it has
+//!    `notified`, the email went out already: ack without sending.
 //! 2. Otherwise send, with a Message-ID derived from the job id
 //!    ([`email::message_id`]), then set `notified` to the Message-ID the mail
 //!    capability returned.
@@ -147,6 +149,7 @@ async fn notify(body: &[u8]) -> Result<Done, Failure> {
     let info = store::stat(BUCKET.to_string(), job.mp3_fid.clone())
         .await
         .map_err(|e| stat_failure(&job, e))?;
+    check_belongs(&job, &info.metadata).map_err(Failure::Reject)?;
     if let Some((_, notified)) = info.metadata.iter().find(|(k, _)| k == NOTIFIED) {
         return Ok(Done::AlreadySent {
             job_id: job.job_id,
@@ -182,6 +185,29 @@ async fn notify(body: &[u8]) -> Result<Done, Failure> {
             error: blob_error_text(&e),
         }),
     }
+}
+
+/// The MP3's `owner` and `job_id` (set by the convert worker), where
+/// present, must be the message's.
+fn check_belongs(job: &Mp3Ready, metadata: &[(String, String)]) -> Result<(), String> {
+    let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let (fid, id) = (&job.mp3_fid, &job.job_id);
+    if let Some(owner) = get("owner")
+        && owner != &job.username
+    {
+        return Err(format!(
+            "the MP3 {fid} belongs to another account than {} (job {id}); not announcing it",
+            job.username
+        ));
+    }
+    if let Some(stored) = get("job_id")
+        && stored != id
+    {
+        return Err(format!(
+            "the MP3 {fid} was made for job {stored}, not job {id}; not announcing it"
+        ));
+    }
+    Ok(())
 }
 
 fn blob_error_text(e: &store::Error) -> String {
@@ -275,6 +301,24 @@ mod tests {
         ] {
             assert!(!is_retry(&f), "{f:?}");
         }
+    }
+
+    #[test]
+    fn the_mp3_must_be_the_users_and_the_jobs() {
+        let meta = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let j = job();
+        assert!(check_belongs(&j, &meta(&[])).is_ok());
+        let own = meta(&[("owner", "me@example.com"), ("job_id", "j-1")]);
+        assert!(check_belongs(&j, &own).is_ok());
+        let theirs = check_belongs(&j, &meta(&[("owner", "you@example.com")]));
+        assert!(theirs.is_err_and(|e| e.contains("belongs to another account")));
+        let other_job = check_belongs(&j, &meta(&[("job_id", "j-2")]));
+        assert!(other_job.is_err_and(|e| e.contains("made for job j-2")));
     }
 
     #[test]

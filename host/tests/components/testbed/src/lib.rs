@@ -27,12 +27,13 @@ fn blob_error(e: store::Error) -> Response<BoxBody> {
     text(status, format!("{e:?}"))
 }
 
-/// `POST /blob/BUCKET` stores the body (streamed); `GET /blob/BUCKET/ID`
-/// returns the file.
+/// `POST /blob/BUCKET[?owner=NAME]` stores the body (streamed) with metadata
+/// `owner` (default `testbed`); `GET /blob/BUCKET/ID` returns the file.
 async fn blob(req: Request, rest: &str) -> Response<BoxBody> {
     use http_body_util::BodyExt;
     let (bucket, id) = rest.split_once('/').unwrap_or((rest, ""));
     if id.is_empty() {
+        let owner = query_param(&req, "owner").unwrap_or("testbed").to_string();
         let (mut tx, rx) = blobs::wit_stream::new::<u8>();
         let mut body = req.into_body();
         spin_sdk::wit_bindgen::spawn(async move {
@@ -47,7 +48,7 @@ async fn blob(req: Request, rest: &str) -> Response<BoxBody> {
         let file = store::NewFile {
             filename: "upload.bin".into(),
             content_type: Some("application/octet-stream".into()),
-            metadata: vec![("owner".into(), "testbed".into())],
+            metadata: vec![("owner".into(), owner)],
         };
         return match store::create(bucket.to_string(), file, rx).await {
             Ok(info) => text(StatusCode::CREATED, info.id),
