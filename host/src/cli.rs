@@ -40,6 +40,11 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:3001"
     )]
     pub admin: String,
+    /// A CA certificate (PEM) to trust for an https admin API, besides the
+    /// public roots: for a host whose --admin-tls-cert is self-signed or
+    /// from a private CA.
+    #[arg(long, env = "SPINDLE_ADMIN_CA_CERT", value_name = "PEM")]
+    pub admin_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -102,6 +107,22 @@ pub struct UpArgs {
     /// Address of the admin listener (health, readiness, metrics).
     #[arg(long, default_value = "127.0.0.1:3001")]
     pub admin_listen: SocketAddr,
+    /// Serve the admin listener over TLS with this certificate chain (PEM).
+    #[arg(
+        long,
+        env = "SPINDLE_ADMIN_TLS_CERT",
+        value_name = "PEM",
+        requires = "admin_tls_key"
+    )]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --admin-tls-cert.
+    #[arg(
+        long,
+        env = "SPINDLE_ADMIN_TLS_KEY",
+        value_name = "PEM",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_tls_key: Option<PathBuf>,
     /// On SIGTERM or Ctrl-C, how long in-flight requests and queue
     /// invocations may take to finish before the host exits.
     #[arg(long, default_value_t = 60)]

@@ -8,28 +8,47 @@ use serde_json::Value;
 use spindle_platform::manifest::Manifest;
 use std::path::Path;
 
-fn request(admin: &AdminArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+fn request(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<reqwest::RequestBuilder> {
     let url = format!("{}{path}", admin.admin.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().request(method, url);
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &admin.admin_ca_cert {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading the admin CA certificate {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build().context("setting up the HTTP client")?;
+    let mut req = client.request(method, url);
     if let Ok(token) = std::env::var("SPINDLE_ADMIN_TOKEN")
         && !token.is_empty()
     {
         req = req.bearer_auth(token);
     }
-    req
+    Ok(req)
 }
 
 /// Sends `req`; returns the JSON body of a success, or an error carrying
 /// the host's message.
 async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> {
     let resp = req.send().await.map_err(|e| {
-        if e.is_connect() {
+        let cause = causes(&e);
+        if cause.contains("certificate") {
             anyhow::anyhow!(
-                "cannot reach the admin API at {}: is `spindle up` running? If it listens elsewhere, pass --admin http://HOST:PORT (its --admin-listen)",
+                "the admin API at {} did not present a certificate this client trusts ({cause}); pass its CA with --admin-ca-cert PEM",
+                admin.admin
+            )
+        } else if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {} ({cause}): is `spindle up` running? If it listens elsewhere, pass --admin http://HOST:PORT (its --admin-listen; https when it has --admin-tls-cert)",
                 admin.admin
             )
         } else {
-            anyhow::anyhow!("talking to the admin API at {}: {e}", admin.admin)
+            anyhow::anyhow!("talking to the admin API at {}: {cause}", admin.admin)
         }
     })?;
     let status = resp.status();
@@ -49,6 +68,18 @@ async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> 
         bail!("{message} (set SPINDLE_ADMIN_TOKEN to the host's token)");
     }
     bail!("{message} ({status})")
+}
+
+/// The error and its sources on one line: reqwest's own message alone
+/// says "error sending request", not why.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(inner) = source {
+        parts.push(inner.to_string());
+        source = inner.source();
+    }
+    parts.join(": ")
 }
 
 fn print_report(verb: &str, report: &Value) {
@@ -98,7 +129,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         &args.admin,
         reqwest::Method::PUT,
         &format!("/components/{}", args.component),
-    )
+    )?
     .header(
         spindle_platform::admin::SOURCE_HEADER,
         source_header(&source),
@@ -129,14 +160,18 @@ pub async fn rollback(args: RollbackArgs) -> Result<()> {
         &args.admin,
         reqwest::Method::POST,
         &format!("/components/{}/rollback", args.component),
-    );
+    )?;
     let report = send(&args.admin, req).await?;
     print_report("Rolled back", &report);
     Ok(())
 }
 
 pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
-    let list = send(&admin, request(&admin, reqwest::Method::GET, "/components")).await?;
+    let list = send(
+        &admin,
+        request(&admin, reqwest::Method::GET, "/components")?,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());

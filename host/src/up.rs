@@ -97,9 +97,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}; pick another --listen", args.listen))?;
     let listen_addr = listener.local_addr()?;
-    let admin =
-        AdminListener::bind(args.admin_listen, std::env::var("SPINDLE_ADMIN_TOKEN").ok()).await?;
-    let admin_addr = admin.local_addr()?;
+    let admin_tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(cert), Some(key)) => Some(spindle_platform::admin::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let admin = AdminListener::bind(
+        args.admin_listen,
+        std::env::var("SPINDLE_ADMIN_TOKEN").ok(),
+        admin_tls,
+    )
+    .await?;
+    let admin_url = format!("{}://{}", admin.scheme(), admin.local_addr()?);
     // Hot-redeployed components run instead of the manifest's sources.
     let deployed = spindle_platform::deploy::load_deployed(&blobs, &manifest).await?;
 
@@ -150,7 +158,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(manifest) => Some(crate::watch::start(app.clone(), &manifest)?),
         None => None,
     };
-    print_routes(&app, listen_addr, admin_addr);
+    print_routes(&app, listen_addr, &admin_url);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
@@ -247,7 +255,7 @@ fn host_id(listen: std::net::SocketAddr) -> String {
     format!("{name}@{listen}")
 }
 
-fn print_routes(app: &App, listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
+fn print_routes(app: &App, listen: std::net::SocketAddr, admin: &str) {
     println!("Serving http://{listen}");
     println!("Available Routes:");
     for route in app.router().routes() {
@@ -262,5 +270,5 @@ fn print_routes(app: &App, listen: std::net::SocketAddr, admin: std::net::Socket
         };
         println!("  {}: http://{listen}{shown}{suffix}", route.component);
     }
-    println!("Admin http://{admin} (/healthz, /readyz, /metrics, /components)");
+    println!("Admin {admin} (/healthz, /readyz, /metrics, /components)");
 }

@@ -366,6 +366,84 @@ async fn the_admin_token_guards_the_deploy_api() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_can_be_served_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = probe_versions(dir.path());
+    let manifest = probe_manifest(dir.path(), &v1);
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (
+        dir.path().join("admin.pem"),
+        dir.path().join("admin-key.pem"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+
+    let s = up(UpOptions::new(&manifest)
+        .arg("--admin-tls-cert")
+        .arg(cert.display().to_string())
+        .arg("--admin-tls-key")
+        .arg(key.display().to_string()));
+    assert!(s.admin.starts_with("https://"), "{}", s.admin);
+
+    // Probes over TLS, for a client that trusts the certificate.
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let health = trusting
+        .get(format!("{}/healthz", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // Plain HTTP gets no admin answer.
+    let plain = support::client()
+        .get(format!(
+            "{}/healthz",
+            s.admin.replace("https://", "http://")
+        ))
+        .send()
+        .await;
+    assert!(
+        !plain.as_ref().is_ok_and(|r| r.status().is_success()),
+        "{plain:?}"
+    );
+
+    // The CLI refuses an untrusted certificate and says what to pass.
+    let (ok, _, err) = cli(
+        vec!["status".into(), "--admin".into(), s.admin.clone()],
+        vec![],
+    )
+    .await;
+    assert!(!ok && err.contains("--admin-ca-cert"), "{err}");
+    let (ok, out, err) = cli(
+        vec![
+            "deploy".into(),
+            "probe".into(),
+            v2.display().to_string(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        vec![("SPINDLE_ADMIN_CA_CERT".into(), cert.display().to_string())],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(version(&support::client(), &s).await, V2);
+
+    // A certificate without its key is a start-up error, not a plain
+    // listener.
+    let err = support::up_fails(
+        UpOptions::new(&manifest)
+            .arg("--admin-tls-cert")
+            .arg(cert.display().to_string()),
+    );
+    assert!(err.contains("--admin-tls-key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_cli_says_when_no_host_is_listening() {
     let (ok, _, err) = cli(
         vec![

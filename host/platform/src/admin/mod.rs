@@ -17,6 +17,10 @@
 //! (compared in constant time; 401 otherwise, before anything is read or
 //! changed). `spindle up` refuses to listen beyond loopback without one.
 //! `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
+//! With a certificate ([`tls::acceptor`]) every route is served over TLS
+//! only.
+
+pub mod tls;
 
 use crate::app::App;
 use crate::deploy::Action;
@@ -30,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::WasiBody;
 
 /// The largest component the deploy API accepts.
@@ -233,17 +238,26 @@ async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
     }
 }
 
-/// The admin listener's socket and the token its deploy API requires.
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin listener's socket, the token its deploy API requires, and its
+/// TLS setup when it has one.
 pub struct AdminListener {
     listener: TcpListener,
     token: Option<Arc<str>>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl AdminListener {
     /// Binds `addr`. An address beyond loopback needs a token (an empty
     /// one counts as none): anyone who can reach the deploy API can run
     /// code on the host.
-    pub async fn bind(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        token: Option<String>,
+        tls: Option<TlsAcceptor>,
+    ) -> anyhow::Result<Self> {
         let token = token.filter(|t| !t.is_empty());
         if !addr.ip().is_loopback() && token.is_none() {
             anyhow::bail!(
@@ -256,11 +270,17 @@ impl AdminListener {
         Ok(AdminListener {
             listener,
             token: token.map(Into::into),
+            tls,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -271,10 +291,14 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let AdminListener { listener, token } = admin;
+    let AdminListener {
+        listener,
+        token,
+        tls,
+    } = admin;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -294,10 +318,20 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(route(&app, token.as_deref(), req).await)
                 }
             });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            let Some(tls) = tls else {
+                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                return;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+            }
         });
     }
 }
