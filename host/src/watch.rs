@@ -79,10 +79,12 @@ impl Watched {
     }
 }
 
-/// The manifest as it was when the host started, to tell edits apart.
+/// The manifest the host started with, to tell edits apart, and what was
+/// last said about the file (`None`: nothing yet, or that it did not load).
 struct ManifestWatch {
     path: PathBuf,
-    loaded: toml::Table,
+    running: toml::Table,
+    reported: Option<Vec<String>>,
 }
 
 /// Starts watching every component with `build.watch`, and the manifest.
@@ -95,8 +97,9 @@ pub fn start(app: Arc<App>, manifest: &Manifest) -> Result<Watching> {
         .canonicalize()
         .with_context(|| format!("watching {}", manifest.path.display()))?;
     let manifest_watch = ManifestWatch {
-        loaded: read_table(&manifest_path).unwrap_or_default(),
+        running: read_table(&manifest_path).unwrap_or_default(),
         path: manifest_path.clone(),
+        reported: Some(Vec::new()),
     };
     if let Some(folder) = manifest_path.parent() {
         roots.insert(folder.to_path_buf(), RecursiveMode::NonRecursive);
@@ -286,8 +289,9 @@ async fn dispatch(
 }
 
 impl ManifestWatch {
-    /// Logs what an edit of the manifest changed, and that a restart
-    /// applies it; or why the edited file would not load.
+    /// Logs how the manifest on disk now differs from the running one, and
+    /// that a restart applies it; or why the edited file would not load.
+    /// A save that changes nothing new is not logged again.
     fn check(&mut self) {
         if let Err(e) = Manifest::load(&self.path) {
             tracing::error!(
@@ -295,24 +299,31 @@ impl ManifestWatch {
                  manifest it started with",
                 self.path.display()
             );
+            self.reported = None;
             return;
         }
         let Some(now) = read_table(&self.path) else {
             return;
         };
-        let changed = changed_sections(&self.loaded, &now);
-        if changed.is_empty() {
+        let changed = changed_sections(&self.running, &now);
+        if self.reported.as_ref() == Some(&changed) {
             return;
         }
-        tracing::warn!(
-            "--watch: {} changed ({}); the running app keeps the manifest it started with \
-             (routes, triggers, grants and variables are fixed at start-up): restart \
-             `spindle up` to apply it",
-            self.path.display(),
-            changed.join(", ")
-        );
-        // Said once per edit, not again on the next unrelated save.
-        self.loaded = now;
+        if changed.is_empty() {
+            tracing::info!(
+                "--watch: {} matches the running app again",
+                self.path.display()
+            );
+        } else {
+            tracing::warn!(
+                "--watch: {} changed ({}); the running app keeps the manifest it started with \
+                 (routes, triggers, grants and variables are fixed at start-up): restart \
+                 `spindle up` to apply it",
+                self.path.display(),
+                changed.join(", ")
+            );
+        }
+        self.reported = Some(changed);
     }
 }
 

@@ -279,5 +279,14 @@ async fn an_edited_manifest_is_reported_and_not_applied() {
         s.stderr()
     );
     assert_eq!(version(&c, &s).await, V1);
+
+    // Back to what runs: said so, not reported as a change.
+    save(&manifest, text.as_bytes());
+    assert!(
+        s.log_contains("matches the running app again"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(s.stderr().matches("changed (component.other").count(), 1);
     assert!(s.wait_exit(Duration::ZERO).is_none(), "spindle exited");
 }
