@@ -81,11 +81,31 @@ async fn cli(args: Vec<String>, env: Vec<(String, String)>) -> (bool, String, St
 }
 
 async fn deploy(s: &Spindle, wasm: &Path) -> (bool, String, String) {
+    deploy_with_env(s, wasm, &[]).await
+}
+
+/// `spindle deploy probe WASM` with extra environment variables.
+async fn deploy_with_env(s: &Spindle, wasm: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
     cli(
         vec![
             "deploy".into(),
             "probe".into(),
             wasm.display().to_string(),
+            "--admin".into(),
+            s.admin.clone(),
+        ],
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .await
+}
+
+async fn rollback(s: &Spindle) -> (bool, String, String) {
+    cli(
+        vec![
+            "rollback".into(),
+            "probe".into(),
             "--admin".into(),
             s.admin.clone(),
         ],
@@ -273,16 +293,7 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     );
 
     // Rollback returns to the version before.
-    let (ok, out, err) = cli(
-        vec![
-            "rollback".into(),
-            "probe".into(),
-            "--admin".into(),
-            s.admin.clone(),
-        ],
-        vec![],
-    )
-    .await;
+    let (ok, out, err) = rollback(&s).await;
     assert!(ok, "{out}{err}");
     assert_eq!(version(&c, &s).await, V2);
 
@@ -350,17 +361,7 @@ async fn the_admin_token_guards_the_deploy_api() {
 
     let (ok, _, err) = deploy(&s, &v2).await;
     assert!(!ok && err.contains("SPINDLE_ADMIN_TOKEN"), "{err}");
-    let (ok, out, err) = cli(
-        vec![
-            "deploy".into(),
-            "probe".into(),
-            v2.display().to_string(),
-            "--admin".into(),
-            s.admin.clone(),
-        ],
-        vec![("SPINDLE_ADMIN_TOKEN".into(), "s3cret-token".into())],
-    )
-    .await;
+    let (ok, out, err) = deploy_with_env(&s, &v2, &[("SPINDLE_ADMIN_TOKEN", "s3cret-token")]).await;
     assert!(ok, "{out}{err}");
     assert_eq!(version(&c, &s).await, V2);
 }
@@ -419,17 +420,8 @@ async fn the_admin_api_can_be_served_over_tls() {
     )
     .await;
     assert!(!ok && err.contains("--admin-ca-cert"), "{err}");
-    let (ok, out, err) = cli(
-        vec![
-            "deploy".into(),
-            "probe".into(),
-            v2.display().to_string(),
-            "--admin".into(),
-            s.admin.clone(),
-        ],
-        vec![("SPINDLE_ADMIN_CA_CERT".into(), cert.display().to_string())],
-    )
-    .await;
+    let ca = cert.display().to_string();
+    let (ok, out, err) = deploy_with_env(&s, &v2, &[("SPINDLE_ADMIN_CA_CERT", &ca)]).await;
     assert!(ok, "{out}{err}");
     assert_eq!(version(&support::client(), &s).await, V2);
 
@@ -527,16 +519,7 @@ async fn a_deploy_reaches_every_replica_and_survives_restarts() {
     assert_eq!(version(&c, &b).await, V2);
 
     // And it follows deploys again: a rollback through B reaches A.
-    let (ok, out, err) = cli(
-        vec![
-            "rollback".into(),
-            "probe".into(),
-            "--admin".into(),
-            b.admin.clone(),
-        ],
-        vec![],
-    )
-    .await;
+    let (ok, out, err) = rollback(&b).await;
     assert!(ok, "{out}{err}");
     assert_eq!(version(&c, &b).await, V1);
     until_version(&c, &a, V1).await;
