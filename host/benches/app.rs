@@ -233,20 +233,11 @@ async fn main() {
     ]);
     let alone = dir.path().join("alone.mp3");
     let started = Instant::now();
-    ffmpeg(&[
-        "-i",
-        video.to_str().unwrap(),
-        "-map",
-        "0:a:0",
-        "-vn",
-        "-c:a",
-        "libmp3lame",
-        "-b:a",
-        "192k",
-        "-f",
-        "mp3",
-        alone.to_str().unwrap(),
-    ]);
+    // The worker's own output arguments, into a file instead of a pipe.
+    let mut args = vec!["-i", video.to_str().unwrap()];
+    args.extend(convert::MP3_OUTPUT_ARGS);
+    args.push(alone.to_str().unwrap());
+    ffmpeg(&args);
     let ffmpeg_alone = started.elapsed();
     let bytes = std::fs::read(&video).unwrap();
     let video_mb = bytes.len() as f64 / 1e6;

@@ -11,6 +11,22 @@ use tokio::sync::mpsc;
 
 /// How much of ffmpeg's stderr is kept for the error message.
 const STDERR_TAIL: usize = 4096;
+
+/// ffmpeg's arguments between the input and the output: the first audio
+/// stream as MP3 at a constant 192 kbit/s (a piped VBR MP3 has no seek
+/// header, so players misjudge its length). Public so the benchmark times
+/// ffmpeg alone on exactly this conversion.
+pub const MP3_OUTPUT_ARGS: [&str; 9] = [
+    "-map",
+    "0:a:0",
+    "-vn",
+    "-c:a",
+    "libmp3lame",
+    "-b:a",
+    "192k",
+    "-f",
+    "mp3",
+];
 /// MP3 bytes handed to the blob store at once.
 const CHUNK: usize = 64 * 1024;
 
@@ -88,10 +104,8 @@ impl Ffmpeg {
         ))
     }
 
-    /// Converts the audio of `input` to MP3 (libmp3lame, constant 192 kb/s:
-    /// written to a pipe, a VBR file gets no seek header, so players would
-    /// misjudge its length),
-    /// sending the bytes to `out` as ffmpeg writes them. `name` stands for
+    /// Converts the audio of `input` to MP3 ([`MP3_OUTPUT_ARGS`]), sending
+    /// the bytes to `out` as ffmpeg writes them. `name` stands for
     /// the input in error messages. The child is killed if this future is
     /// dropped (shutdown) or the time limit passes.
     pub async fn to_mp3(
@@ -103,18 +117,8 @@ impl Ffmpeg {
         let mut child = Command::new(&self.path)
             .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
             .arg(input)
-            .args([
-                "-map",
-                "0:a:0",
-                "-vn",
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "192k",
-                "-f",
-                "mp3",
-                "pipe:1",
-            ])
+            .args(MP3_OUTPUT_ARGS)
+            .arg("pipe:1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

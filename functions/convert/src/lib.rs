@@ -14,7 +14,7 @@ mod job;
 mod message;
 
 pub use config::ConvertConfig;
-pub use ffmpeg::FfmpegError;
+pub use ffmpeg::{FfmpegError, MP3_OUTPUT_ARGS};
 pub use job::{MP3_QUEUE, MP3S, VIDEOS};
 pub use message::JobMessage;
 
