@@ -60,6 +60,41 @@ pub struct Limits {
     pub memory_limit_mb: u64,
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
+    /// Time a client has to send a request's complete header section,
+    /// counted from the connection's first byte or the previous response
+    /// (slowloris). The connection is closed after it.
+    pub header_read_timeout_secs: f64,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout_secs: f64,
+    /// Open connections per listener; the listener stops accepting at the
+    /// cap. `0` (the default) sizes it for the machine: half the process's
+    /// open-file limit, at most 16384.
+    pub max_connections: u32,
+    /// The slowest a request body may arrive, averaged over
+    /// `body_rate_grace_secs`; slower gets 408 and its instance is freed.
+    pub min_body_rate_bytes_per_sec: u64,
+    /// How long a request body may stay under `min_body_rate_bytes_per_sec`.
+    pub body_rate_grace_secs: f64,
+    /// Concurrent invocations of one component, unless
+    /// `[limits.components.NAME]` says otherwise.
+    pub max_concurrency: u32,
+    /// How long a request waits for a component below its cap (or for
+    /// memory in the budget) before it gets 503 with `Retry-After`.
+    pub queue_timeout_secs: f64,
+    /// Linear memory of all instances together, in MiB. `0` (the default)
+    /// sizes it for the machine: half of the memory available to the
+    /// process (its cgroup limit, else physical memory), at most 1024.
+    pub memory_budget_mb: u64,
+    /// Per-component overrides: `[limits.components.auth] max_concurrency = 16`.
+    pub components: BTreeMap<String, ComponentLimits>,
+}
+
+/// `[limits.components.NAME]`: limits that differ for one component.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentLimits {
+    pub max_concurrency: Option<u32>,
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl Default for Limits {
@@ -69,6 +104,15 @@ impl Default for Limits {
             body_timeout_secs: 3600.0,
             memory_limit_mb: 256,
             max_instances: 256,
+            header_read_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            max_connections: 0,
+            min_body_rate_bytes_per_sec: 1024,
+            body_rate_grace_secs: 10.0,
+            max_concurrency: 64,
+            queue_timeout_secs: 5.0,
+            memory_budget_mb: 0,
+            components: BTreeMap::new(),
         }
     }
 }
@@ -118,10 +162,19 @@ impl RuntimeConfig {
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let limits = &config.limits;
         let positive = |v: f64| v.is_finite() && v > 0.0;
+        let component_zero = limits.components.values().any(|c| {
+            c.max_concurrency == Some(0) || c.memory_limit_mb == Some(0)
+        });
         if !positive(limits.request_timeout_secs)
             || !positive(limits.body_timeout_secs)
+            || !positive(limits.header_read_timeout_secs)
+            || !positive(limits.idle_timeout_secs)
+            || !positive(limits.body_rate_grace_secs)
+            || !positive(limits.queue_timeout_secs)
             || limits.memory_limit_mb == 0
             || limits.max_instances == 0
+            || limits.max_concurrency == 0
+            || component_zero
         {
             return Err(RuntimeConfigError::Parse {
                 path: shown,
