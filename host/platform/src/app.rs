@@ -29,6 +29,7 @@ use crate::deploy::{Deployed, VersionRecord};
 use crate::manifest::{AmqpTarget, Manifest};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::runtime::admission::Gate;
 use crate::runtime::cache::{CacheOutcome, CompileCache};
 use crate::runtime::component::LinkedComponent;
 use crate::runtime::instance::{Grants, InstanceState};
@@ -98,6 +99,8 @@ pub(crate) struct Loader {
     linker: Linker<InstanceState>,
     grants: HashMap<String, Grants>,
     limits: crate::runtime_config::Limits,
+    /// Admission per component, shared by all its versions.
+    gates: HashMap<String, Arc<Gate>>,
     metrics: Arc<Metrics>,
     pub(crate) manifest: Manifest,
 }
@@ -136,6 +139,11 @@ impl Loader {
             .get(id)
             .cloned()
             .with_context(|| format!("no grants for component `{id}`"))?;
+        let gate = self
+            .gates
+            .get(id)
+            .cloned()
+            .with_context(|| format!("no limits for component `{id}`"))?;
         let linked =
             LinkedComponent::from_bytes(&self.engine, &self.cache, &self.linker, id, wasm, grants)?;
         match ungranted {
@@ -164,6 +172,7 @@ impl Loader {
                 pre,
                 linked.grants.clone(),
                 self.limits.clone(),
+                gate.clone(),
             ))),
             None if triggered => bail!(
                 "component `{id}` is used by [[trigger.amqp]] but does not export {}; export the queue handler interface",
@@ -179,6 +188,7 @@ impl Loader {
                 pre,
                 linked.grants,
                 self.limits.clone(),
+                gate,
                 self.metrics.clone(),
             ))),
             None if routed => bail!(
@@ -276,6 +286,11 @@ impl App {
             linker,
             grants,
             limits: runtime.limits().clone(),
+            gates: manifest
+                .components
+                .keys()
+                .map(|id| (id.clone(), runtime.gate(id)))
+                .collect(),
             metrics: metrics.clone(),
             manifest: manifest.clone(),
         });
@@ -526,7 +541,7 @@ impl InternalDispatch for App {
             };
             match target.invoke(request).await {
                 Ok(response) => Ok(response),
-                Err(e) => Ok(crate::trigger::http::json_error(e.status(), &e.to_string())),
+                Err(e) => Ok(e.into_response()),
             }
         })
     }

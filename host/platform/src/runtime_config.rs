@@ -83,7 +83,7 @@ pub struct Limits {
     pub queue_timeout_secs: f64,
     /// Linear memory of all instances together, in MiB. `0` (the default)
     /// sizes it for the machine: half of the memory available to the
-    /// process (its cgroup limit, else physical memory), at most 1024.
+    /// process (its cgroup limit, else physical memory), at most 768.
     pub memory_budget_mb: u64,
     /// Per-component overrides: `[limits.components.auth] max_concurrency = 16`.
     pub components: BTreeMap<String, ComponentLimits>,
@@ -127,8 +127,37 @@ impl Limits {
     }
 
     pub fn memory_limit_bytes(&self) -> usize {
-        usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+        mib_to_bytes(self.memory_limit_mb)
     }
+
+    /// Component `id`'s per-instance memory cap.
+    pub fn memory_limit_bytes_of(&self, id: &str) -> usize {
+        let mb = self.components.get(id).and_then(|c| c.memory_limit_mb);
+        mib_to_bytes(mb.unwrap_or(self.memory_limit_mb))
+    }
+
+    /// The largest per-instance memory cap of any component (the pooling
+    /// allocator's slot size).
+    pub fn largest_memory_limit_bytes(&self) -> usize {
+        let largest = self.components.values().filter_map(|c| c.memory_limit_mb);
+        mib_to_bytes(largest.fold(self.memory_limit_mb, u64::max))
+    }
+
+    /// Component `id`'s concurrency cap.
+    pub fn max_concurrency_of(&self, id: &str) -> u32 {
+        self.components
+            .get(id)
+            .and_then(|c| c.max_concurrency)
+            .unwrap_or(self.max_concurrency)
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.queue_timeout_secs)
+    }
+}
+
+fn mib_to_bytes(mb: u64) -> usize {
+    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +191,10 @@ impl RuntimeConfig {
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let limits = &config.limits;
         let positive = |v: f64| v.is_finite() && v > 0.0;
-        let component_zero = limits.components.values().any(|c| {
-            c.max_concurrency == Some(0) || c.memory_limit_mb == Some(0)
-        });
+        let component_zero = limits
+            .components
+            .values()
+            .any(|c| c.max_concurrency == Some(0) || c.memory_limit_mb == Some(0));
         if !positive(limits.request_timeout_secs)
             || !positive(limits.body_timeout_secs)
             || !positive(limits.header_read_timeout_secs)

@@ -8,11 +8,12 @@ use crate::capabilities::mysql::{MysqlState, MysqlView};
 use crate::capabilities::outbound_http::OutboundHttp;
 use crate::capabilities::queue::component::PublishState;
 use crate::capabilities::variables::ComponentVariables;
-use std::sync::Arc;
+use crate::runtime::admission::{Charges, Gate, Refusal, Slot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiterAsync, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -26,6 +27,9 @@ pub struct Invocation {
     deadline_ms: AtomicU64,
     timed_out: AtomicBool,
     memory_exceeded: AtomicBool,
+    budget_exhausted: AtomicBool,
+    /// The component slot this invocation occupies; freed with it.
+    admitted: Mutex<Option<Slot>>,
 }
 
 impl Invocation {
@@ -35,6 +39,8 @@ impl Invocation {
             deadline_ms: AtomicU64::new(timeout.as_millis() as u64),
             timed_out: AtomicBool::new(false),
             memory_exceeded: AtomicBool::new(false),
+            budget_exhausted: AtomicBool::new(false),
+            admitted: Mutex::new(None),
         }
     }
 
@@ -69,36 +75,49 @@ impl Invocation {
     pub fn memory_exceeded(&self) -> bool {
         self.memory_exceeded.load(Ordering::Relaxed)
     }
+
+    /// Keeps `slot` taken for as long as this invocation exists.
+    pub fn hold(&self, slot: Slot) {
+        *self.admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+    }
+
+    /// The guest was refused memory because the host-wide budget was full.
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget_exhausted.load(Ordering::Relaxed)
+    }
 }
 
-/// Per-instance memory cap. The pooling allocator also caps each linear
-/// memory; this limiter covers the instance as a whole and records the
-/// refusal so the caller can say why the guest stopped.
+/// Per-instance memory cap and the host-wide budget. The pooling allocator
+/// also caps each linear memory; this limiter covers the instance as a
+/// whole, charges the budget, and records a refusal so the caller can say
+/// why the guest stopped.
 struct MemoryLimiter {
-    limit: usize,
-    used: usize,
+    charges: Charges,
     invocation: Arc<Invocation>,
 }
 
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
+#[async_trait::async_trait]
+impl ResourceLimiterAsync for MemoryLimiter {
+    async fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let grown = self.used - current.min(self.used) + desired;
-        if grown > self.limit {
-            self.invocation
-                .memory_exceeded
-                .store(true, Ordering::Relaxed);
-            return Ok(false);
+        match self.charges.grow(current, desired).await {
+            Ok(()) => Ok(true),
+            Err(refusal) => {
+                let flag = match refusal {
+                    Refusal::InstanceLimit => &self.invocation.memory_exceeded,
+                    Refusal::Budget => &self.invocation.budget_exhausted,
+                };
+                flag.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
         }
-        self.used = grown;
-        Ok(true)
     }
 
-    fn table_growing(
+    async fn table_growing(
         &mut self,
         _current: usize,
         desired: usize,
@@ -135,7 +154,9 @@ pub struct Grants {
 }
 
 impl InstanceState {
-    pub fn new(grants: &Grants, memory_limit: usize, timeout: Duration) -> Self {
+    /// State for one instance of the component behind `gate`, whose
+    /// memory is charged to the gate's budget.
+    pub fn new(grants: &Grants, gate: &Arc<Gate>, timeout: Duration) -> Self {
         let invocation = Arc::new(Invocation::new(timeout));
         // Guests write to the host's stdout/stderr, like `spin up` does.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
@@ -150,8 +171,7 @@ impl InstanceState {
             publish: grants.publish.clone(),
             mail: grants.mail.clone(),
             limiter: MemoryLimiter {
-                limit: memory_limit,
-                used: 0,
+                charges: gate.charges(),
                 invocation: invocation.clone(),
             },
             invocation,
@@ -170,7 +190,7 @@ impl InstanceState {
     /// callback yields to the executor every tick, so a busy guest cannot
     /// starve other requests, and traps once the deadline has passed.
     pub fn configure(store: &mut Store<InstanceState>) {
-        store.limiter(|state| &mut state.limiter);
+        store.limiter_async(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let invocation = &ctx.data().invocation;

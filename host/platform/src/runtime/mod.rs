@@ -5,12 +5,14 @@
 //! an `InstancePre`, and then instantiated fresh for every invocation, so no
 //! state leaks from one request to the next.
 
+pub mod admission;
 pub mod cache;
 pub mod component;
 pub mod instance;
 pub mod linker;
 
 use crate::runtime_config::Limits;
+use admission::{Gate, MemoryBudget};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Engine,
     limits: Limits,
+    budget: MemoryBudget,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -45,7 +48,7 @@ impl Runtime {
             .total_tables(limits.max_instances.saturating_mul(8))
             .total_stacks(limits.max_instances)
             .max_memories_per_component(8)
-            .max_memory_size(limits.memory_limit_bytes())
+            .max_memory_size(limits.largest_memory_limit_bytes())
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
             .table_elements(100_000);
@@ -68,9 +71,12 @@ impl Runtime {
                 })
                 .context("starting the epoch thread")?;
         }
+        let budget = MemoryBudget::new(limits.memory_budget_mb);
+        tracing::debug!("guest memory budget: {} MiB", budget.total_mb());
         Ok(Runtime {
             engine,
             limits,
+            budget,
             stop_ticker,
         })
     }
@@ -81,6 +87,22 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The memory all instances together may hold.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Admission for component `id`: its cap, its memory limit, the budget.
+    pub fn gate(&self, id: &str) -> Arc<Gate> {
+        Arc::new(Gate::new(
+            id,
+            self.limits.max_concurrency_of(id),
+            self.limits.memory_limit_bytes_of(id),
+            self.budget.clone(),
+            self.limits.queue_timeout(),
+        ))
     }
 }
 

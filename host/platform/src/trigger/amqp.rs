@@ -4,6 +4,7 @@
 
 use crate::capabilities::queue::component::{Failure, Message, QueueHandlerPre};
 use crate::capabilities::queue::{Delivery, Outcome};
+use crate::runtime::admission::Gate;
 use crate::runtime::instance::{Grants, InstanceState};
 use crate::runtime_config::Limits;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub struct QueueComponent {
     pre: QueueHandlerPre<InstanceState>,
     grants: Grants,
     limits: Limits,
+    gate: Arc<Gate>,
 }
 
 impl QueueComponent {
@@ -25,6 +27,7 @@ impl QueueComponent {
         pre: QueueHandlerPre<InstanceState>,
         grants: Grants,
         limits: Limits,
+        gate: Arc<Gate>,
     ) -> Self {
         QueueComponent {
             id: id.into(),
@@ -32,6 +35,7 @@ impl QueueComponent {
             pre,
             grants,
             limits,
+            gate,
         }
     }
 
@@ -40,7 +44,7 @@ impl QueueComponent {
         let timeout = self.limits.request_timeout();
         let mut store = Store::new(
             &self.engine,
-            InstanceState::new(&self.grants, self.limits.memory_limit_bytes(), timeout),
+            InstanceState::new(&self.grants, &self.gate, timeout),
         );
         InstanceState::configure(&mut store);
         let invocation = store.data().invocation();
@@ -71,7 +75,12 @@ impl QueueComponent {
             )),
             Ok(Err(_)) if invocation.memory_exceeded() => Outcome::Retry(format!(
                 "component `{}` exceeded its memory limit of {} MiB",
-                self.id, self.limits.memory_limit_mb
+                self.id,
+                self.gate.memory_limit_mb()
+            )),
+            Ok(Err(_)) if invocation.budget_exhausted() => Outcome::Retry(format!(
+                "the host's memory for components ({} MiB) was in use",
+                self.gate.budget_mb()
             )),
             Ok(Err(e)) => {
                 tracing::warn!(component = %self.id, "queue handler failed: {e:#}");

@@ -4,6 +4,7 @@
 //! and guest failures turned into 500/504 answers.
 
 use crate::metrics::Metrics;
+use crate::runtime::admission::{Gate, Overloaded};
 use crate::runtime::instance::{Grants, InstanceState, Invocation};
 use crate::runtime_config::Limits;
 use http_body_util::BodyExt;
@@ -33,17 +34,41 @@ pub enum InvokeError {
     Instantiation { component: String, reason: String },
     #[error("component `{component}` failed: {reason}")]
     Trap { component: String, reason: String },
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 impl InvokeError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             InvokeError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::Instantiation { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Instantiation { .. } | InvokeError::Overloaded(_) => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             InvokeError::Memory { .. } | InvokeError::Trap { .. } => {
                 http::StatusCode::INTERNAL_SERVER_ERROR
             }
         }
+    }
+
+    /// Seconds a client should wait before retrying, for answers that say so.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            InvokeError::Overloaded(o) => Some(o.retry_after_secs()),
+            InvokeError::Instantiation { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The JSON error answer, with `Retry-After` when retrying helps.
+    pub fn into_response(self) -> http::Response<WasiBody> {
+        let mut response = crate::trigger::http::json_error(self.status(), &self.to_string());
+        if let Some(secs) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -52,6 +77,7 @@ pub struct HttpComponent {
     id: Arc<str>,
     handler: ProxyHandler<ComponentState>,
     limits: Limits,
+    gate: Arc<Gate>,
 }
 
 impl HttpComponent {
@@ -61,6 +87,7 @@ impl HttpComponent {
         pre: ProxyPre<InstanceState>,
         grants: Grants,
         limits: Limits,
+        gate: Arc<Gate>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let state = ComponentState {
@@ -69,26 +96,35 @@ impl HttpComponent {
             pre,
             grants,
             limits: limits.clone(),
+            gate: gate.clone(),
             metrics,
         };
         HttpComponent {
             id: id.into(),
             handler: ProxyHandler::new(state),
             limits,
+            gate,
         }
     }
 
-    /// Handles one request on a fresh instance.
+    /// Handles one request on a fresh instance, once the component is
+    /// below its cap and the host has memory for it.
     pub async fn invoke(
         &self,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
+        let admitted = self.gate.admit().await?;
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
         let timeout = self.limits.request_timeout();
         let request = request
             .map(|body| super::body::Progress::new(body, slot.clone(), timeout).boxed_unsync());
         let result = self.handler.handle(slot.clone(), request).await;
         let invocation = slot.get();
+        // The instance lives on while its response body streams; the slot
+        // goes with it.
+        if let Some(invocation) = invocation {
+            invocation.hold(admitted);
+        }
         match result {
             Ok(response) => {
                 // The response exists; its body may now stream for longer.
@@ -112,8 +148,14 @@ impl HttpComponent {
         if invocation.is_some_and(Invocation::memory_exceeded) {
             return InvokeError::Memory {
                 component,
-                limit_mb: self.limits.memory_limit_mb,
+                limit_mb: self.gate.memory_limit_mb(),
             };
+        }
+        if invocation.is_some_and(Invocation::budget_exhausted) {
+            return InvokeError::Overloaded(Overloaded::Memory {
+                budget_mb: self.gate.budget_mb(),
+                waited: self.limits.queue_timeout(),
+            });
         }
         if let Some(inst) = e.downcast_ref::<InstantiationError<Arc<OnceLock<Arc<Invocation>>>>>() {
             return InvokeError::Instantiation {
@@ -138,6 +180,7 @@ struct ComponentState {
     pre: ProxyPre<InstanceState>,
     grants: Grants,
     limits: Limits,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
 }
 
@@ -150,11 +193,7 @@ impl HandlerState for ComponentState {
         let started = Instant::now();
         let mut store = Store::new(
             &self.engine,
-            InstanceState::new(
-                &self.grants,
-                self.limits.memory_limit_bytes(),
-                self.limits.request_timeout(),
-            ),
+            InstanceState::new(&self.grants, &self.gate, self.limits.request_timeout()),
         );
         InstanceState::configure(&mut store);
         let invocation = store.data().invocation();

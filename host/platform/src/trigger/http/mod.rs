@@ -160,7 +160,7 @@ async fn handle(
 
     let response = match app.invoke(&component, request).await {
         Ok(response) => response,
-        Err(e) => json_error(e.status(), &e.to_string()),
+        Err(e) => e.into_response(),
     };
     app.metrics().record_request(
         &component,

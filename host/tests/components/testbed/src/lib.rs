@@ -199,6 +199,21 @@ async fn handle(req: Request) -> Response<BoxBody> {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
+        "/hold" => {
+            // Touches `mb` MiB, then keeps it for `ms` milliseconds.
+            let mb = query_param(&req, "mb")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1usize);
+            let ms = query_param(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000u64);
+            let hoard = vec![1u8; mb << 20];
+            spin_sdk::wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
+            text(
+                StatusCode::OK,
+                format!("held {} MiB", std::hint::black_box(&hoard).len() >> 20),
+            )
+        }
         "/trap" => panic!("deliberate trap"),
         "/alloc" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();

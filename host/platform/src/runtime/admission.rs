@@ -1,0 +1,338 @@
+//! Admission control: how many invocations of one component run at once,
+//! and how much linear memory all instances together may hold.
+//!
+//! Every byte of guest linear memory is charged to one host-wide
+//! [`MemoryBudget`] when a memory is created or grows, and handed back when
+//! the instance is dropped, so guest memory never exceeds the budget however
+//! many requests arrive. Each component also has a concurrency cap (its
+//! [`Gate`]). A request waits, first-come first-served, up to the queue
+//! timeout for a slot under the cap and for the memory its component's last
+//! instance needed; after that it gets 503 with `Retry-After` and never
+//! touches an instance. The host's worst case is therefore its own baseline,
+//! plus the budget, plus the connections' buffers (see the README's limits).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The budget's unit: one WebAssembly page.
+const PAGE: usize = 64 * 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// The default budget when `[limits] memory_budget_mb` is 0: half of the
+/// memory this process may use, at most this much.
+const DEFAULT_BUDGET_CAP_MB: u64 = 768;
+
+/// Why a request was not admitted; both are worth retrying shortly.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Overloaded {
+    #[error(
+        "component `{component}` is busy: all {cap} of its concurrent slots stayed taken for {waited:?}; retry shortly"
+    )]
+    Busy {
+        component: String,
+        cap: u32,
+        waited: Duration,
+    },
+    #[error(
+        "the host's memory for components ({budget_mb} MiB) stayed in use for {waited:?}; retry shortly"
+    )]
+    Memory { budget_mb: u64, waited: Duration },
+}
+
+impl Overloaded {
+    /// Seconds a client should wait before retrying.
+    pub fn retry_after_secs(&self) -> u64 {
+        1
+    }
+}
+
+/// Guest linear memory of all instances together.
+#[derive(Clone)]
+pub struct MemoryBudget {
+    pages: Arc<Semaphore>,
+    total_pages: usize,
+}
+
+impl MemoryBudget {
+    /// A budget of `mb` MiB; 0 sizes it for the machine.
+    pub fn new(mb: u64) -> Self {
+        let mb = if mb == 0 { default_budget_mb() } else { mb };
+        let total_pages = usize::try_from(mb.saturating_mul(MIB) / PAGE as u64)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        MemoryBudget {
+            pages: Arc::new(Semaphore::new(total_pages)),
+            total_pages,
+        }
+    }
+
+    pub fn total_mb(&self) -> u64 {
+        (self.total_pages * PAGE) as u64 / MIB
+    }
+
+    /// Bytes charged to instances right now.
+    pub fn in_use_bytes(&self) -> usize {
+        (self.total_pages - self.pages.available_permits()) * PAGE
+    }
+
+    /// Takes `pages`, waiting up to `wait` for them.
+    async fn charge(&self, pages: usize, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(pages).ok()?;
+        if let Ok(permit) = self.pages.clone().try_acquire_many_owned(n) {
+            return Some(permit);
+        }
+        tokio::time::timeout(wait, self.pages.clone().acquire_many_owned(n))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Waits, in turn with other waiters, until `bytes` are free, without
+    /// keeping them: the instance charges what it really uses as it grows.
+    async fn wait_for(&self, bytes: usize, wait: Duration) -> bool {
+        let pages = bytes.div_ceil(PAGE).min(self.total_pages);
+        let Ok(n) = u32::try_from(pages) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(wait, self.pages.acquire_many(n)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// Half of the memory this process may use (its cgroup limit, else the
+/// machine's), at most [`DEFAULT_BUDGET_CAP_MB`].
+fn default_budget_mb() -> u64 {
+    let available = cgroup_limit_bytes()
+        .into_iter()
+        .chain(physical_memory_bytes())
+        .min()
+        .unwrap_or(2 * DEFAULT_BUDGET_CAP_MB * MIB);
+    (available / 2 / MIB).clamp(64, DEFAULT_BUDGET_CAP_MB)
+}
+
+fn cgroup_limit_bytes() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .find_map(|text| text.trim().parse().ok())
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// One component's admission: its concurrency cap and per-instance memory
+/// cap, and the budget its instances charge. Shared by every version of
+/// the component, so a hot redeploy does not reset the cap.
+pub struct Gate {
+    component: Arc<str>,
+    slots: Arc<Semaphore>,
+    cap: u32,
+    memory_limit: usize,
+    budget: MemoryBudget,
+    wait: Duration,
+    /// Peak memory of the component's last instance: what the next one is
+    /// likely to need.
+    typical_bytes: AtomicUsize,
+}
+
+/// A slot under a component's cap, held for the whole invocation.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    pub fn new(
+        component: &str,
+        cap: u32,
+        memory_limit: usize,
+        budget: MemoryBudget,
+        wait: Duration,
+    ) -> Self {
+        Gate {
+            component: component.into(),
+            slots: Arc::new(Semaphore::new(cap as usize)),
+            cap,
+            memory_limit,
+            budget,
+            wait,
+            typical_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Linear memory one instance may grow to.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    pub fn memory_limit_mb(&self) -> u64 {
+        self.memory_limit as u64 / MIB
+    }
+
+    pub fn budget_mb(&self) -> u64 {
+        self.budget.total_mb()
+    }
+
+    /// Waits for a slot under the cap and for the memory the component
+    /// typically needs, up to the queue timeout in all.
+    pub async fn admit(&self) -> Result<Slot, Overloaded> {
+        let started = Instant::now();
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| Overloaded::Busy {
+                    component: self.component.to_string(),
+                    cap: self.cap,
+                    waited: started.elapsed(),
+                })?,
+        };
+        let typical = self.typical_bytes.load(Ordering::Relaxed);
+        let left = self.wait.saturating_sub(started.elapsed());
+        if typical > 0 && !self.budget.wait_for(typical, left).await {
+            return Err(Overloaded::Memory {
+                budget_mb: self.budget.total_mb(),
+                waited: started.elapsed(),
+            });
+        }
+        Ok(Slot { _permit: slot })
+    }
+
+    /// The per-instance accounting for one new store.
+    pub fn charges(self: &Arc<Self>) -> Charges {
+        Charges {
+            gate: self.clone(),
+            used: 0,
+            held: None,
+            held_pages: 0,
+        }
+    }
+}
+
+/// What one instance has charged to the budget; handed back on drop.
+pub struct Charges {
+    gate: Arc<Gate>,
+    used: usize,
+    held: Option<OwnedSemaphorePermit>,
+    held_pages: usize,
+}
+
+/// Why a memory may not grow.
+pub enum Refusal {
+    /// Beyond the component's per-instance cap.
+    InstanceLimit,
+    /// The host-wide budget stayed full.
+    Budget,
+}
+
+impl Charges {
+    /// Accounts for a memory growing from `current` to `desired` bytes
+    /// (a new memory grows from 0), waiting up to the queue timeout for
+    /// budget; on `Err` the growth must be refused.
+    pub async fn grow(&mut self, current: usize, desired: usize) -> Result<(), Refusal> {
+        let grown = self.used - current.min(self.used) + desired;
+        if grown > self.gate.memory_limit {
+            return Err(Refusal::InstanceLimit);
+        }
+        let pages = grown.div_ceil(PAGE);
+        if pages > self.held_pages {
+            let permit = self
+                .gate
+                .budget
+                .charge(pages - self.held_pages, self.gate.wait)
+                .await
+                .ok_or(Refusal::Budget)?;
+            match &mut self.held {
+                Some(held) => held.merge(permit),
+                None => self.held = Some(permit),
+            }
+            self.held_pages = pages;
+        }
+        self.used = grown;
+        Ok(())
+    }
+}
+
+impl Drop for Charges {
+    fn drop(&mut self) {
+        self.gate.typical_bytes.store(self.used, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(cap: u32, limit_mb: u64, budget_mb: u64) -> Arc<Gate> {
+        Arc::new(Gate::new(
+            "c",
+            cap,
+            (limit_mb * MIB) as usize,
+            MemoryBudget::new(budget_mb),
+            Duration::from_millis(50),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_component_at_its_cap_turns_the_next_request_away() {
+        let g = gate(2, 16, 64);
+        let a = g.admit().await.ok();
+        let b = g.admit().await.ok();
+        assert!(a.is_some() && b.is_some());
+        let refused = g.admit().await.err();
+        assert!(matches!(refused, Some(Overloaded::Busy { cap: 2, .. })));
+        drop(a);
+        assert!(g.admit().await.is_ok(), "a freed slot admits again");
+    }
+
+    #[tokio::test]
+    async fn instances_together_stay_within_the_budget() {
+        let g = gate(10, 48, 64);
+        let budget = g.budget.clone();
+        let mut first = g.charges();
+        assert!(first.grow(0, 40 * MIB as usize).await.is_ok());
+        let mut second = g.charges();
+        assert!(matches!(
+            second.grow(0, 40 * MIB as usize).await,
+            Err(Refusal::Budget)
+        ));
+        assert!(second.grow(0, 20 * MIB as usize).await.is_ok());
+        assert_eq!(budget.in_use_bytes(), 60 * MIB as usize);
+        drop(first);
+        assert_eq!(budget.in_use_bytes(), 20 * MIB as usize);
+        assert!(matches!(
+            g.charges().grow(0, 49 * MIB as usize).await,
+            Err(Refusal::InstanceLimit)
+        ));
+    }
+
+    #[tokio::test]
+    async fn admission_waits_for_the_memory_the_last_instance_needed() {
+        let g = gate(10, 48, 64);
+        {
+            let mut c = g.charges();
+            assert!(c.grow(0, 40 * MIB as usize).await.is_ok());
+        }
+        let mut holder = g.charges();
+        assert!(holder.grow(0, 40 * MIB as usize).await.is_ok());
+        assert!(matches!(
+            g.admit().await.err(),
+            Some(Overloaded::Memory { budget_mb: 64, .. })
+        ));
+        drop(holder);
+        assert!(g.admit().await.is_ok());
+    }
+}
