@@ -8,6 +8,7 @@ use spindle_platform::app::{App, AppConfig};
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::mail::Mailer;
 use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
 use spindle_platform::runtime::cache::CacheOutcome;
@@ -86,8 +87,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
     let mut workers = HashMap::new();
     if let Some(trigger) = &convert_trigger {
-        let handler =
-            convert::handler(blobs.clone(), broker.clone(), &convert_config, trigger).await?;
+        let variables =
+            AppVariables::resolve(&manifest, &args.variables, &runtime_config.variables, |k| {
+                std::env::var(k).ok()
+            })
+            .with_context(|| args.manifest.display().to_string())?;
+        let max_duration = convert::max_duration(&variables)?;
+        let handler = convert::handler(
+            blobs.clone(),
+            broker.clone(),
+            &convert_config,
+            trigger,
+            max_duration,
+        )
+        .await?;
         workers.insert(convert::WORKER.to_string(), handler);
     }
     std::fs::create_dir_all(&args.state_dir)

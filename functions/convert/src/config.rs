@@ -12,8 +12,12 @@ pub struct ConvertConfig {
     pub in_process: bool,
     /// The ffmpeg executable (a path, or a name looked up on `PATH`).
     pub ffmpeg: PathBuf,
+    /// The ffprobe executable; by default the one beside `ffmpeg`.
+    pub ffprobe: Option<PathBuf>,
     /// A conversion running longer than this is stopped and the job fails.
     pub time_limit_secs: u64,
+    /// ffmpeg's address space (setrlimit), in MiB.
+    pub memory_limit_mb: u64,
     /// Conversions at once; overrides the trigger's `concurrency`.
     pub concurrency: Option<u16>,
     /// Where videos are spooled for ffmpeg (default: the system temp dir).
@@ -25,7 +29,9 @@ impl Default for ConvertConfig {
         ConvertConfig {
             in_process: true,
             ffmpeg: PathBuf::from("ffmpeg"),
+            ffprobe: None,
             time_limit_secs: 1800,
+            memory_limit_mb: 2048,
             concurrency: None,
             work_dir: None,
         }
@@ -42,14 +48,27 @@ impl ConvertConfig {
             None => ConvertConfig::default(),
         };
         anyhow::ensure!(
-            config.time_limit_secs > 0 && config.concurrency != Some(0),
-            "[convert]: time_limit_secs and concurrency must be at least 1"
+            config.time_limit_secs > 0
+                && config.concurrency != Some(0)
+                && config.memory_limit_mb > 0,
+            "[convert]: time_limit_secs, memory_limit_mb and concurrency must be at least 1"
         );
         Ok(config)
     }
 
     pub fn time_limit(&self) -> Duration {
         Duration::from_secs(self.time_limit_secs)
+    }
+
+    /// `ffprobe`, or the ffprobe next to a `ffmpeg` given as a path.
+    pub fn ffprobe(&self) -> PathBuf {
+        if let Some(path) = &self.ffprobe {
+            return path.clone();
+        }
+        match self.ffmpeg.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("ffprobe"),
+            _ => PathBuf::from("ffprobe"),
+        }
     }
 }
 

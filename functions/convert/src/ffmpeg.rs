@@ -1,5 +1,16 @@
-//! Running ffmpeg: the start-up check, one conversion with a time limit,
-//! and turning ffmpeg's stderr into a reason a user can act on.
+//! Running ffmpeg: the start-up check, probing an upload before it is
+//! converted, one conversion inside its limits, and turning ffmpeg's stderr
+//! into a reason a user can act on.
+//!
+//! Anyone who signs up can upload, so the input is hostile until shown
+//! otherwise. ffprobe reads it first: longer than `max_duration_secs` or
+//! without an audio stream, it fails at once. ffmpeg and ffprobe then only
+//! open the spooled file (`-protocol_whitelist file`) through a demuxer of
+//! a media container (`-format_whitelist`: no playlists, `concat` or image
+//! sequences), ffmpeg stops at the probed duration (`-t`) and at the size
+//! that duration allows (`-fs`), runs a bounded number of threads, and the
+//! kernel caps its CPU time, address space and file writes (setrlimit in
+//! the child). Error texts name the upload by its file name, never a path.
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -30,6 +41,20 @@ pub const MP3_OUTPUT_ARGS: [&str; 9] = [
 /// MP3 bytes handed to the blob store at once.
 const CHUNK: usize = 64 * 1024;
 
+/// The demuxers an upload may be read with: media containers and raw audio
+/// streams. Playlists (hls, dash), `concat`, image sequences and devices
+/// are absent, so an upload cannot make ffmpeg open anything but itself.
+const FORMATS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,ogg,wav,w64,flac,mp3,aac,ac3,eac3,asf,aiff,caf,amr,ape,wv,tta,au,mxf,nut,rm,dv";
+
+/// The only protocol an upload may be opened with.
+const PROTOCOLS: &str = "file";
+
+/// Bytes per second of the MP3 (192 kbit/s), for the output size bound.
+const MP3_BYTES_PER_SEC: u64 = 192_000 / 8;
+
+/// Threads ffmpeg may use for decoding, filtering and encoding each.
+const THREADS: &str = "2";
+
 #[derive(Debug, thiserror::Error)]
 pub enum FfmpegError {
     /// ffmpeg cannot be run at all: the worker cannot work.
@@ -53,16 +78,39 @@ pub enum Failure {
     Transient(String),
 }
 
+/// What a conversion may use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock time of one conversion.
+    pub time_limit: Duration,
+    /// The longest media converted.
+    pub max_duration: Duration,
+    /// ffmpeg's address space.
+    pub memory_bytes: u64,
+}
+
+/// What ffprobe found in an upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    /// Seconds, when the container says.
+    pub duration: Option<f64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Ffmpeg {
     path: PathBuf,
-    time_limit: Duration,
+    ffprobe: PathBuf,
+    limits: Limits,
 }
 
 impl Ffmpeg {
-    /// Checks that `path` runs and can encode MP3; returns ffmpeg and its
-    /// version line.
-    pub async fn check(path: &Path, time_limit: Duration) -> Result<(Self, String), FfmpegError> {
+    /// Checks that `path` and `ffprobe` run and that ffmpeg can encode
+    /// MP3; returns ffmpeg and its version line.
+    pub async fn check(
+        path: &Path,
+        ffprobe: &Path,
+        limits: Limits,
+    ) -> Result<(Self, String), FfmpegError> {
         let shown = path.display().to_string();
         let output = Command::new(path)
             .args(["-hide_banner", "-encoders"])
@@ -82,6 +130,17 @@ impl Ffmpeg {
         if !String::from_utf8_lossy(&output.stdout).contains("libmp3lame") {
             return Err(FfmpegError::NoMp3Encoder { path: shown });
         }
+        let probe = Command::new(ffprobe)
+            .arg("-version")
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        if let Err(e) = probe {
+            return Err(FfmpegError::Missing {
+                path: ffprobe.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
         let version = Command::new(path)
             .arg("-version")
             .stdin(Stdio::null())
@@ -98,10 +157,69 @@ impl Ffmpeg {
         Ok((
             Ffmpeg {
                 path: path.to_path_buf(),
-                time_limit,
+                ffprobe: ffprobe.to_path_buf(),
+                limits,
             },
             version,
         ))
+    }
+
+    /// Reads `input`'s container with ffprobe (restricted like ffmpeg) and
+    /// refuses what is not worth converting: no audio stream, or longer
+    /// than the limit. `name` stands for the input in error messages.
+    pub async fn probe(&self, input: &Path, name: &str) -> Result<Media, Failure> {
+        let mut command = Command::new(&self.ffprobe);
+        command
+            .args(["-hide_banner", "-v", "error"])
+            .args(restricted_input())
+            .args(["-show_entries", "format=duration:stream=codec_type"])
+            .args(["-of", "json"])
+            .arg(file_url(input))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        confine(&mut command, &self.limits);
+        let run = tokio::time::timeout(self.limits.time_limit, command.output());
+        let output = match run.await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Err(Failure::Transient(format!("cannot start ffprobe: {e}"))),
+            Err(_) => {
+                return Err(Failure::Unconvertible(
+                    "conversion failed: reading the upload's format took too long".into(),
+                ));
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(Failure::Unconvertible(explain(&scrub(
+                &stderr, input, name,
+            ))));
+        }
+        let found: Probed = serde_json::from_slice(&output.stdout).map_err(|e| {
+            Failure::Unconvertible(format!(
+                "conversion failed: the upload's format could not be read ({e})"
+            ))
+        })?;
+        if !found.streams.iter().any(|s| s.codec_type == "audio") {
+            return Err(Failure::Unconvertible(
+                "conversion failed: the upload has no audio track, so there is nothing to convert to MP3".into(),
+            ));
+        }
+        let duration = found
+            .format
+            .duration
+            .and_then(|d| d.parse::<f64>().ok())
+            .filter(|d| d.is_finite() && *d >= 0.0);
+        let max = self.limits.max_duration.as_secs_f64();
+        if let Some(d) = duration
+            && d > max
+        {
+            return Err(Failure::Unconvertible(format!(
+                "conversion failed: the upload is {} long; this server converts at most {}",
+                hms(d),
+                hms(max)
+            )));
+        }
+        Ok(Media { duration })
     }
 
     /// Converts the audio of `input` to MP3 ([`MP3_OUTPUT_ARGS`]), sending
@@ -111,18 +229,35 @@ impl Ffmpeg {
     pub async fn to_mp3(
         &self,
         input: &Path,
+        media: &Media,
         name: &str,
         out: mpsc::Sender<Bytes>,
     ) -> Result<(), Failure> {
-        let mut child = Command::new(&self.path)
-            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
-            .arg(input)
+        let max = self.limits.max_duration.as_secs_f64();
+        let seconds = media.duration.map_or(max, |d| d.min(max));
+        // The MP3 of `seconds`, plus headroom for frame padding and tags.
+        let max_bytes = (seconds.ceil() as u64 + 10) * MP3_BYTES_PER_SEC + (1 << 20);
+        let mut command = Command::new(&self.path);
+        command
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
+            .args(restricted_input())
+            .args(["-threads", THREADS, "-i"])
+            .arg(file_url(input))
+            .args([
+                "-t",
+                &format!("{seconds:.3}"),
+                "-fs",
+                &max_bytes.to_string(),
+            ])
+            .args(["-threads", THREADS, "-filter_threads", THREADS])
             .args(MP3_OUTPUT_ARGS)
             .arg("pipe:1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        confine(&mut command, &self.limits);
+        let mut child = command
             .spawn()
             .map_err(|e| Failure::Transient(format!("cannot start ffmpeg: {e}")))?;
         let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
@@ -147,22 +282,21 @@ impl Ffmpeg {
             let (pumped, tail, status) = tokio::join!(pump, read_tail(stderr), child.wait());
             (pumped, tail, status)
         };
-        let (pumped, tail, status) = match tokio::time::timeout(self.time_limit, run).await {
+        let (pumped, tail, status) = match tokio::time::timeout(self.limits.time_limit, run).await {
             Ok(done) => done,
             Err(_) => {
                 let _ = child.kill().await;
                 return Err(Failure::Unconvertible(format!(
                     "the conversion took longer than the limit of {} s",
-                    self.time_limit.as_secs()
+                    self.limits.time_limit.as_secs()
                 )));
             }
         };
         let status = status.map_err(|e| Failure::Transient(format!("waiting for ffmpeg: {e}")))?;
         if !status.success() {
-            let tail = tail.replace(&input.display().to_string(), name);
             return Err(match status.code() {
-                Some(_) => Failure::Unconvertible(explain(&tail)),
-                None => Failure::Transient(format!("ffmpeg was killed ({status})")),
+                Some(_) => Failure::Unconvertible(explain(&scrub(&tail, input, name))),
+                None => killed(status),
             });
         }
         match pumped {
@@ -170,6 +304,119 @@ impl Ffmpeg {
             Ok(false) => Err(Failure::Transient("the MP3 could not be stored".into())),
             Err(e) => Err(Failure::Transient(format!("reading ffmpeg's output: {e}"))),
         }
+    }
+}
+
+/// ffprobe's JSON, the parts read.
+#[derive(serde::Deserialize)]
+struct Probed {
+    #[serde(default)]
+    streams: Vec<ProbedStream>,
+    #[serde(default)]
+    format: ProbedFormat,
+}
+
+#[derive(serde::Deserialize)]
+struct ProbedStream {
+    #[serde(default)]
+    codec_type: String,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ProbedFormat {
+    duration: Option<String>,
+}
+
+/// Input options that keep ffmpeg and ffprobe to the spooled file and to
+/// media demuxers.
+fn restricted_input() -> [&'static str; 4] {
+    [
+        "-protocol_whitelist",
+        PROTOCOLS,
+        "-format_whitelist",
+        FORMATS,
+    ]
+}
+
+/// `file:PATH`, so a spool name can never be read as another protocol.
+fn file_url(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+/// Kernel limits for the child, set between fork and exec: CPU time (twice
+/// the wall-clock limit, for its threads), address space, no file writes
+/// (its output is a pipe) and no core dumps.
+fn confine(command: &mut Command, limits: &Limits) {
+    let cpu = limits.time_limit.as_secs().saturating_mul(2).max(1);
+    let memory = limits.memory_bytes;
+    let caps = [
+        (libc::RLIMIT_CPU, cpu),
+        (libc::RLIMIT_AS, memory),
+        (libc::RLIMIT_FSIZE, 0),
+        (libc::RLIMIT_CORE, 0),
+    ];
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setrlimit, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in caps {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A child ended by a signal: the kernel's limits (SIGXCPU for CPU time,
+/// SIGKILL past it, SIGSEGV/SIGABRT when the address space runs out) mean
+/// the upload costs more than it may; anything else is worth a retry.
+fn killed(status: std::process::ExitStatus) -> Failure {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGXCPU | libc::SIGKILL | libc::SIGSEGV | libc::SIGABRT | libc::SIGXFSZ) => {
+            Failure::Unconvertible(
+                "conversion failed: converting this file needs more CPU time or memory than this server allows".into(),
+            )
+        }
+        _ => Failure::Transient(format!("ffmpeg was killed ({status})")),
+    }
+}
+
+/// `text` with the spooled file named `name` and any other absolute path
+/// replaced, so messages shown to users reveal nothing of the host.
+fn scrub(text: &str, input: &Path, name: &str) -> String {
+    let spool = input.display().to_string();
+    let named = text
+        .replace(&format!("file:{spool}"), name)
+        .replace(&spool, name);
+    named
+        .split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_start_matches(['\'', '"', '(', '[']);
+            if trimmed.starts_with('/') || trimmed.starts_with("file:/") {
+                let kept: String = word.chars().filter(|c| c.is_whitespace()).collect();
+                format!("[path]{kept}")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Seconds as `1 h 2 min 3 s`.
+fn hms(seconds: f64) -> String {
+    let total = seconds.round() as u64;
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s} s"),
+        (0, _) => format!("{m} min {s} s"),
+        _ => format!("{h} h {m} min {s} s"),
     }
 }
 
@@ -192,6 +439,10 @@ async fn read_tail(mut stderr: impl AsyncRead + Unpin) -> String {
 /// A sentence for the job's `error`, from what ffmpeg printed.
 pub fn explain(stderr: &str) -> String {
     let known = [
+        (
+            "on whitelist",
+            "the upload refers to other files or addresses (a playlist?), which this server does not open",
+        ),
         (
             "Invalid data found when processing input",
             "the upload is not a video or audio file that can be read",
@@ -248,12 +499,34 @@ mod tests {
         assert!(explain("").contains("no details"));
     }
 
+    #[test]
+    fn messages_carry_no_host_paths() {
+        let input = Path::new("/var/tmp/spindle-convert-abc");
+        let e = scrub(
+            "file:/var/tmp/spindle-convert-abc: Invalid data\nOpening '/etc/passwd' failed\n",
+            input,
+            "clip.mp4",
+        );
+        assert_eq!(e, "clip.mp4: Invalid data\nOpening [path] failed\n");
+        assert_eq!(hms(36000.0), "10 h 0 min 0 s");
+        assert_eq!(hms(75.4), "1 min 15 s");
+    }
+
     #[tokio::test]
     async fn a_missing_ffmpeg_is_reported_plainly() {
-        let e = Ffmpeg::check(Path::new("/nonexistent/ffmpeg"), Duration::from_secs(1))
-            .await
-            .unwrap_err()
-            .to_string();
+        let limits = Limits {
+            time_limit: Duration::from_secs(1),
+            max_duration: Duration::from_secs(1),
+            memory_bytes: 1 << 30,
+        };
+        let e = Ffmpeg::check(
+            Path::new("/nonexistent/ffmpeg"),
+            Path::new("ffprobe"),
+            limits,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("ffmpeg was not found") && e.contains("/nonexistent/ffmpeg"),
             "{e}"

@@ -39,7 +39,11 @@ pub struct Converter {
 /// A step that failed and how to settle the message.
 enum Stop {
     Retry(String),
+    /// The job fails: its video is marked `failed`, the message dead-lettered.
     Fail(String),
+    /// The message is not the stored job's (forged or mismatched): it is
+    /// dead-lettered and the video it names is left alone.
+    Reject(String),
 }
 
 fn blob_reason(e: &BlobError) -> String {
@@ -75,6 +79,10 @@ impl Converter {
                 self.mark_failed(&job, &reason).await;
                 Outcome::DeadLetter(reason)
             }
+            Err(Stop::Reject(reason)) => {
+                tracing::warn!(job_id = %job.job_id, message_id = %delivery.message_id, "message rejected: {reason}");
+                Outcome::DeadLetter(reason)
+            }
             Err(Stop::Retry(reason)) => {
                 tracing::warn!(job_id = %job.job_id, attempt = delivery.attempt, "will retry: {reason}");
                 if delivery.attempt >= self.max_attempts {
@@ -100,6 +108,16 @@ impl Converter {
             }
             Err(e) => return Err(Stop::Retry(blob_reason(&e))),
         };
+        // Only what was stored with the upload is trusted: a message naming
+        // someone else's video, or another job, converts nothing.
+        if meta(&video, "owner") != Some(job.username.as_str())
+            || meta(&video, "job_id") != Some(job.job_id.as_str())
+        {
+            return Err(Stop::Reject(format!(
+                "the message does not match the stored video {} (its job or account differs); nothing was converted",
+                job.video_fid
+            )));
+        }
         match (meta(&video, "state"), meta(&video, "mp3_fid")) {
             (Some("done"), Some(mp3)) => {
                 tracing::info!(job_id = %job.job_id, "already converted; announcing the MP3 again");
@@ -157,6 +175,14 @@ impl Converter {
             .map_err(|e| Stop::Retry(blob_reason(&e)))?;
         // ffmpeg needs a seekable input: many MP4s keep their index at the end.
         let spool = self.spool(video).await?;
+        let media = self
+            .ffmpeg
+            .probe(spool.path(), &video.filename)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Unconvertible(reason) => Stop::Fail(reason),
+                Failure::Transient(reason) => Stop::Retry(reason),
+            })?;
         let (tx, rx) = mpsc::channel::<Bytes>(2);
         let stem = video
             .filename
@@ -173,7 +199,8 @@ impl Converter {
         };
         let started = std::time::Instant::now();
         let (converted, stored) = tokio::join!(
-            self.ffmpeg.to_mp3(spool.path(), &video.filename, tx),
+            self.ffmpeg
+                .to_mp3(spool.path(), &media, &video.filename, tx),
             self.blobs.create(MP3S, file, rx)
         );
         drop(spool);

@@ -21,14 +21,33 @@ pub use message::JobMessage;
 use anyhow::Context;
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::queue::{Broker, Handler};
+use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::manifest::{AmqpTarget, AmqpTrigger, Manifest};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The name `[[trigger.amqp]] worker = "..."` uses for this worker.
 pub const WORKER: &str = "convert";
 
 /// The queues the worker publishes to (declared before it starts).
 pub const PUBLISHES: &[&str] = &[MP3_QUEUE];
+
+/// The application variable bounding the media converted, in seconds.
+pub const MAX_DURATION_VARIABLE: &str = "max_duration_secs";
+
+/// Three hours, when the manifest does not declare [`MAX_DURATION_VARIABLE`].
+const DEFAULT_MAX_DURATION_SECS: u64 = 3 * 3600;
+
+/// The longest media the worker converts, from the application's variables.
+pub fn max_duration(variables: &AppVariables) -> anyhow::Result<Duration> {
+    let Some(raw) = variables.get(MAX_DURATION_VARIABLE) else {
+        return Ok(Duration::from_secs(DEFAULT_MAX_DURATION_SECS));
+    };
+    let secs: u64 = raw.trim().parse().ok().filter(|s| *s > 0).with_context(|| {
+        format!("the variable {MAX_DURATION_VARIABLE} must be a whole number of seconds above 0, not {raw:?}")
+    })?;
+    Ok(Duration::from_secs(secs))
+}
 
 /// The manifest's trigger for this worker, with `[convert] concurrency`
 /// applied when set.
@@ -50,8 +69,15 @@ pub async fn handler(
     broker: Broker,
     config: &ConvertConfig,
     trigger: &AmqpTrigger,
+    max_duration: Duration,
 ) -> anyhow::Result<Handler> {
-    let (ffmpeg, version) = ffmpeg::Ffmpeg::check(&config.ffmpeg, config.time_limit()).await?;
+    let limits = ffmpeg::Limits {
+        time_limit: config.time_limit(),
+        max_duration,
+        memory_bytes: config.memory_limit_mb.saturating_mul(1 << 20),
+    };
+    let (ffmpeg, version) =
+        ffmpeg::Ffmpeg::check(&config.ffmpeg, &config.ffprobe(), limits).await?;
     let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating the convert work_dir {}", work_dir.display()))?;
@@ -59,6 +85,7 @@ pub async fn handler(
         queue = %trigger.queue,
         concurrency = trigger.concurrency,
         time_limit_secs = config.time_limit_secs,
+        max_duration_secs = max_duration.as_secs(),
         "convert worker ready: {version}"
     );
     let converter = Arc::new(job::Converter {

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::manifest::Manifest;
 use spindle_platform::runtime_config::RuntimeConfig;
 use std::path::PathBuf;
@@ -83,7 +84,12 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     tracing::info!("spindle:blobs: {}", blobs.describe());
     tracing::info!("spindle:queue: {}", broker.describe());
-    let handler = convert::handler(blobs, broker.clone(), &config, &trigger).await?;
+    let variables = AppVariables::resolve(&manifest, &[], &runtime_config.variables, |k| {
+        std::env::var(k).ok()
+    })
+    .with_context(|| args.manifest.display().to_string())?;
+    let max_duration = convert::max_duration(&variables)?;
+    let handler = convert::handler(blobs, broker.clone(), &config, &trigger, max_duration).await?;
     let consumer = broker
         .consume(&trigger.queue, trigger.consume_options(), handler)
         .await

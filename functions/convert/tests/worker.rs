@@ -1,6 +1,8 @@
 //! The convert worker with real ffmpeg, on the embedded blob store and
 //! queue (and RabbitMQ when `SPINDLE_TEST_AMQP_URL` is set): idempotent
-//! redelivery, unreadable input, the time limit, and stopping on SIGTERM.
+//! redelivery, unreadable input, the time limit, stopping on SIGTERM, and
+//! hostile uploads (a decompression bomb, no audio, playlists that point
+//! elsewhere, forged messages).
 
 use convert::{ConvertConfig, JobMessage};
 use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
@@ -137,14 +139,24 @@ struct Worker {
 }
 
 async fn worker(dir: &Path, config: &str) -> Worker {
+    worker_converting_at_most(dir, config, Duration::from_secs(3 * 3600)).await
+}
+
+async fn worker_converting_at_most(dir: &Path, config: &str, max_duration: Duration) -> Worker {
     let blobs = BlobStore::connect(None, dir).await.unwrap();
     let broker = Broker::connect(None, dir, &["video", "mp3"]).await.unwrap();
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
-    let handler = convert::handler(blobs.clone(), broker.clone(), &config, &trigger)
-        .await
-        .unwrap();
+    let handler = convert::handler(
+        blobs.clone(),
+        broker.clone(),
+        &config,
+        &trigger,
+        max_duration,
+    )
+    .await
+    .unwrap();
     Worker {
         blobs,
         broker,
@@ -413,4 +425,209 @@ async fn sigterm_stops_ffmpeg_and_returns_the_message_rabbitmq() {
     assert_eq!(back.len(), 1, "the unacked message returned to {queue}");
     let job: JobMessage = serde_json::from_slice(&back[0].body).unwrap();
     assert_eq!(job.video_fid, video.id);
+}
+
+/// Runs one job and expects it to fail with a reason, a `failed` video and
+/// no MP3; returns the reason.
+async fn expect_failed_job(w: &Worker, file: &Path, job_id: &str) -> String {
+    let video = store_video(&w.blobs, file, job_id).await;
+    let outcome = (w.handler)(delivery(message(job_id, &video.id), 1)).await;
+    let Outcome::DeadLetter(reason) = outcome else {
+        panic!("{job_id}: expected a dead letter, got {outcome:?}");
+    };
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("failed"), "{job_id}");
+    assert_eq!(meta(&after, "error").as_deref(), Some(reason.as_str()));
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", job_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{job_id}: no MP3"
+    );
+    assert!(
+        !reason.contains("/tmp") && !reason.contains("spindle-convert-"),
+        "{job_id}: the reason shows no host path: {reason}"
+    );
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ten_hour_audio_bomb_fails_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("silence.flac");
+    // ~7 MB of FLAC that decodes to 10 hours of audio.
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "36000",
+            "-c:a",
+            "flac",
+        ],
+        &bomb,
+    );
+    let w = worker(dir.path(), "").await;
+    let started = Instant::now();
+    let reason = expect_failed_job(&w, &bomb, "bomb").await;
+    eprintln!("the bomb failed after {:.1?}: {reason}", started.elapsed());
+    assert!(
+        reason.contains("10 h 0 min 0 s") && reason.contains("at most 3 h 0 min 0 s"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_duration_limit_follows_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker_converting_at_most(dir.path(), "", Duration::from_secs(2)).await;
+    let reason = expect_failed_job(&w, &short_video(dir.path()), "too-long").await;
+    assert!(reason.contains("at most 2 s"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_without_audio_fails_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = dir.path().join("silent.mp4");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=2:size=160x120:rate=10",
+            "-c:v",
+            "mpeg4",
+        ],
+        &silent,
+    );
+    let w = worker(dir.path(), "").await;
+    let reason = expect_failed_job(&w, &silent, "no-audio").await;
+    assert!(reason.contains("no audio track"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn playlists_and_concat_lists_open_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real media file the lists point at: converting it would mean
+    // ffmpeg read a file that was not uploaded.
+    let secret = short_video(dir.path());
+    let segment = dir.path().join("secret.ts");
+    ffmpeg(
+        &[
+            "-i",
+            &secret.display().to_string(),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+        ],
+        &segment,
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lists = [
+        (
+            "local.m3u8",
+            format!(
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXTINF:3.0,\n{}\n#EXT-X-ENDLIST\n",
+                segment.display()
+            ),
+        ),
+        (
+            "remote.m3u8",
+            format!(
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXTINF:3.0,\nhttp://127.0.0.1:{port}/secret.ts\n#EXT-X-ENDLIST\n"
+            ),
+        ),
+        (
+            "manifest.mpd",
+            format!(
+                r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT3S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">
+<Period><AdaptationSet mimeType="video/mp4"><Representation id="1" bandwidth="100000">
+<BaseURL>file://{}</BaseURL>
+</Representation></AdaptationSet></Period></MPD>
+"#,
+                secret.display()
+            ),
+        ),
+        (
+            "list.ffconcat",
+            format!("ffconcat version 1.0\nfile '{}'\n", secret.display()),
+        ),
+    ];
+    let w = worker(dir.path(), "").await;
+    for (i, (name, text)) in lists.iter().enumerate() {
+        let upload = dir.path().join(name);
+        std::fs::write(&upload, text).unwrap();
+        let reason = expect_failed_job(&w, &upload, &format!("list-{i}")).await;
+        eprintln!("{name}: {reason}");
+        assert!(reason.starts_with("conversion failed"), "{name}: {reason}");
+        assert!(
+            !reason.contains(&dir.path().display().to_string()),
+            "{name}: {reason}"
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the address the playlist named"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_message_converts_nothing_and_leaves_the_job_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &short_video(dir.path()), "job-real").await;
+    let forged = [
+        serde_json::to_vec(&JobMessage {
+            v: 1,
+            job_id: "job-real".into(),
+            video_fid: video.id.clone(),
+            mp3_fid: None,
+            username: "attacker@example.com".into(),
+        })
+        .unwrap(),
+        message("job-other", &video.id),
+    ];
+    for body in forged {
+        let outcome = (w.handler)(delivery(body, 1)).await;
+        let Outcome::DeadLetter(reason) = outcome else {
+            panic!("expected a dead letter, got {outcome:?}");
+        };
+        assert!(
+            reason.contains("does not match the stored video"),
+            "{reason}"
+        );
+    }
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(
+        meta(&after, "state").as_deref(),
+        Some("queued"),
+        "untouched"
+    );
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "job-real")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "job-other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The real message still converts.
+    assert_eq!(
+        (w.handler)(delivery(message("job-real", &video.id), 1)).await,
+        Outcome::Ack
+    );
 }

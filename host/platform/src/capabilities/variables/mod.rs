@@ -116,6 +116,11 @@ impl AppVariables {
         &self.secrets_on_default
     }
 
+    /// The value of application variable `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|v| v.value.as_str())
+    }
+
     /// Renders a component's variable templates. Templates were checked when
     /// the manifest loaded; a reference to a variable with no value leaves
     /// that component variable undefined.
