@@ -8,10 +8,11 @@
 //! open the spooled file (`-protocol_whitelist file`) through a demuxer of
 //! a media container (`-format_whitelist`: no playlists, `concat` or image
 //! sequences), ffmpeg stops at the probed duration (`-t`) and at the size
-//! that duration allows (`-fs`), runs a bounded number of threads, and the
-//! kernel caps its CPU time, address space and file writes (setrlimit in
-//! the child). Error texts name the upload by its file name, never a path.
+//! that duration allows (`-fs`), runs a bounded number of threads, and both
+//! run in the [`Sandbox`] (no network, no files but the upload, rlimits).
+//! Error texts name the upload by its file name, never a path.
 
+use crate::sandbox::{Rlimits, Sandbox};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -101,6 +102,7 @@ pub struct Ffmpeg {
     path: PathBuf,
     ffprobe: PathBuf,
     limits: Limits,
+    sandbox: Sandbox,
 }
 
 impl Ffmpeg {
@@ -154,14 +156,33 @@ impl Ffmpeg {
                     .map(str::to_string)
             })
             .unwrap_or_default();
+        let sandbox = Sandbox::detect(&[path, ffprobe]).await;
         Ok((
             Ffmpeg {
                 path: path.to_path_buf(),
                 ffprobe: ffprobe.to_path_buf(),
                 limits,
+                sandbox,
             },
             version,
         ))
+    }
+
+    /// Which protections the children run under.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Boxes `command`, which reads `input` (see [`Sandbox`]); the CPU
+    /// limit is twice the wall-clock one, for ffmpeg's threads.
+    fn confine(&self, command: &mut Command, input: &Path) -> Result<(), Failure> {
+        let limits = Rlimits {
+            cpu_secs: self.limits.time_limit.as_secs().saturating_mul(2).max(1),
+            address_space: self.limits.memory_bytes,
+        };
+        self.sandbox
+            .confine(command, Some(input), limits)
+            .map_err(|e| Failure::Transient(format!("cannot prepare ffmpeg's sandbox: {e}")))
     }
 
     /// Reads `input`'s container with ffprobe (restricted like ffmpeg) and
@@ -177,7 +198,7 @@ impl Ffmpeg {
             .arg(file_url(input))
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        confine(&mut command, &self.limits);
+        self.confine(&mut command, input)?;
         let run = tokio::time::timeout(self.limits.time_limit, command.output());
         let output = match run.await {
             Ok(Ok(output)) => output,
@@ -256,7 +277,7 @@ impl Ffmpeg {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        confine(&mut command, &self.limits);
+        self.confine(&mut command, input)?;
         let mut child = command
             .spawn()
             .map_err(|e| Failure::Transient(format!("cannot start ffmpeg: {e}")))?;
@@ -341,36 +362,6 @@ fn restricted_input() -> [&'static str; 4] {
 /// `file:PATH`, so a spool name can never be read as another protocol.
 fn file_url(path: &Path) -> String {
     format!("file:{}", path.display())
-}
-
-/// Kernel limits for the child, set between fork and exec: CPU time (twice
-/// the wall-clock limit, for its threads), address space, no file writes
-/// (its output is a pipe) and no core dumps.
-fn confine(command: &mut Command, limits: &Limits) {
-    let cpu = limits.time_limit.as_secs().saturating_mul(2).max(1);
-    let memory = limits.memory_bytes;
-    let caps = [
-        (libc::RLIMIT_CPU, cpu),
-        (libc::RLIMIT_AS, memory),
-        (libc::RLIMIT_FSIZE, 0),
-        (libc::RLIMIT_CORE, 0),
-    ];
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls setrlimit, which is async-signal-safe; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            for (resource, value) in caps {
-                let limit = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: value,
-                };
-                if libc::setrlimit(resource, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// A child ended by a signal: the kernel's limits (SIGXCPU for CPU time,

@@ -12,6 +12,7 @@ mod config;
 mod ffmpeg;
 mod job;
 mod message;
+pub mod sandbox;
 
 pub use config::ConvertConfig;
 pub use ffmpeg::{FfmpegError, MP3_OUTPUT_ARGS};
@@ -88,6 +89,7 @@ pub async fn handler(
         max_duration_secs = max_duration.as_secs(),
         "convert worker ready: {version}"
     );
+    tracing::info!("{}", ffmpeg.sandbox().describe());
     let converter = Arc::new(job::Converter {
         blobs,
         broker,

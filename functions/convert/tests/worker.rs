@@ -631,3 +631,75 @@ async fn a_forged_message_converts_nothing_and_leaves_the_job_alone() {
         Outcome::Ack
     );
 }
+
+/// Runs `program args` boxed like ffmpeg with `input` as its upload;
+/// returns whether it succeeded and what it printed.
+async fn boxed(
+    sandbox: &convert::sandbox::Sandbox,
+    input: &Path,
+    program: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    let limits = convert::sandbox::Rlimits {
+        cpu_secs: 10,
+        address_space: 1 << 30,
+    };
+    sandbox.confine(&mut command, Some(input), limits).unwrap();
+    let out = command.output().await.unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_keeps_ffmpeg_to_its_upload_and_off_the_network() {
+    let sandbox =
+        convert::sandbox::Sandbox::detect(&[Path::new("ffmpeg"), Path::new("ffprobe")]).await;
+    let described = sandbox.describe();
+    eprintln!("{described}");
+    // These machines' kernels have Landlock and seccomp.
+    assert!(
+        described.contains("Landlock (files: the upload only; no TCP) on")
+            && described.contains("seccomp (no sockets, no ptrace) on"),
+        "{described}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, "the upload").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("cache")).unwrap();
+    let secret = state.join("cache").join("other-users-video.mp4");
+    std::fs::write(&secret, "someone else's").unwrap();
+
+    let (ok, text) = boxed(&sandbox, &upload, "cat", &[&upload.display().to_string()]).await;
+    assert!(ok && text == "the upload", "the upload is readable: {text}");
+    let (ok, text) = boxed(&sandbox, &upload, "cat", &[&secret.display().to_string()]).await;
+    assert!(
+        !ok && text.contains("Permission denied"),
+        "state dir: {text}"
+    );
+    let environ = format!("/proc/{}/environ", std::process::id());
+    let (ok, text) = boxed(&sandbox, &upload, "cat", &[&environ]).await;
+    assert!(!ok, "the host's environment: {text}");
+    let (ok, _) = boxed(
+        &sandbox,
+        &upload,
+        "ls",
+        &[&dir.path().display().to_string()],
+    )
+    .await;
+    assert!(!ok, "directories cannot be listed");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
+    let (ok, text) = boxed(&sandbox, &upload, "bash", &["-c", &connect]).await;
+    assert!(!ok && !text.contains("connected"), "TCP: {text}");
+    assert!(listener.accept().is_err(), "nothing reached the listener");
+    let udp = "exec 3<>/dev/udp/127.0.0.1/53 && echo opened";
+    let (ok, text) = boxed(&sandbox, &upload, "bash", &["-c", udp]).await;
+    assert!(!ok && !text.contains("opened"), "UDP: {text}");
+}
