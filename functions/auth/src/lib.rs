@@ -181,8 +181,11 @@ async fn login(req: Request) -> Result<HttpResponse, ApiError> {
     let verified = match verify_login(&store, email, &credentials.password).await {
         Ok(verified) => verified,
         Err(e) => {
-            // A server fault is not a wrong guess.
-            throttle.forget(&attempt).await?;
+            // A server fault is not a wrong guess. Best effort: the client
+            // must see the fault, not a failure to clean up after it.
+            if let Err(forget) = throttle.forget(&attempt).await {
+                eprintln!("auth: could not forget a failed login attempt: {forget}");
+            }
             return Err(e);
         }
     };
