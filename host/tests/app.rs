@@ -546,22 +546,6 @@ fn missing_ffmpeg_is_said_plainly_at_start_up() {
     );
 }
 
-/// Creates the database the URL names, as an operator would beforehand.
-async fn create_database(url: &str) {
-    use mysql_async::prelude::Queryable;
-    let opts = mysql_async::Opts::from_url(url).unwrap();
-    let db = opts
-        .db_name()
-        .expect("the URL names a database")
-        .to_string();
-    let server = mysql_async::OptsBuilder::from_opts(opts).db_name(None::<String>);
-    let mut conn = mysql_async::Conn::new(server).await.unwrap();
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
-        .await
-        .unwrap();
-    conn.disconnect().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn video_to_mp3_on_real_servers() {
     let (Ok(mysql), Ok(amqp)) = (
@@ -573,7 +557,9 @@ async fn video_to_mp3_on_real_servers() {
         );
         return;
     };
-    create_database(&mysql).await;
+    // A database of this run's own: see support::TestDatabase.
+    let db = support::TestDatabase::create(&mysql, "app").await;
+    let mysql = db.url.clone();
     let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -8,35 +8,30 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Sha256, Sha512};
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use support::{Spindle, UpOptions, expect_json_error, up};
 
 const SECRET: &str = "test-secret-for-auth-tests";
 
-fn repo_manifest() -> PathBuf {
-    support::build_components();
-    support::workspace_root().join("spin.toml")
-}
-
-fn start(runtime_config: Option<&str>, vars: &[&str]) -> (Spindle, Option<tempfile::TempDir>) {
-    let manifest = repo_manifest();
+/// Starts the repo's `spin.toml` (sources pointed at this build) with the
+/// test secret, an optional runtime config and `vars`; the returned
+/// directory holds the manifest and config.
+fn start(runtime_config: Option<&str>, vars: &[&str]) -> (Spindle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
     let mut opts = UpOptions::new(&manifest);
-    let mut keep = None;
     if let Some(rc) = runtime_config {
-        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runtime.toml");
         std::fs::write(&path, rc).unwrap();
         opts = opts
             .arg("--runtime-config-file")
             .arg(path.display().to_string());
-        keep = Some(dir);
     }
     opts = opts.arg("--variable").arg(format!("jwt_secret={SECRET}"));
     for v in vars {
         opts = opts.arg("--variable").arg(*v);
     }
-    (up(opts), keep)
+    (up(opts), dir)
 }
 
 fn unique_email(tag: &str) -> String {
@@ -302,7 +297,9 @@ async fn auth_on_mariadb() {
         eprintln!("SPINDLE_TEST_MYSQL_URL is not set: the MariaDB auth test did not run");
         return;
     };
-    create_database(&url).await;
+    // A database of this run's own: see support::TestDatabase.
+    let db = support::TestDatabase::create(&url, "auth").await;
+    let url = db.url.clone();
     let (s, _rc) = start(Some(&format!("[mysql]\nurl = \"{url}\"\n")), &[]);
     assert!(s.log_contains("MySQL server"), "{}", s.stderr());
     let email = flows(&s).await;
@@ -327,24 +324,6 @@ async fn auth_on_mariadb() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-}
-
-/// Creates the database named in `url` if the server does not have it.
-async fn create_database(url: &str) {
-    use mysql_async::prelude::Queryable;
-    let opts = mysql_async::Opts::from_url(url).unwrap();
-    let db = opts
-        .db_name()
-        .expect("the test URL names a database")
-        .to_string();
-    let server = mysql_async::OptsBuilder::from_opts(opts).db_name(None::<String>);
-    let pool = mysql_async::Pool::new(server);
-    let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
-        .await
-        .unwrap();
-    drop(conn);
-    pool.disconnect().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,7 +378,8 @@ async fn variables_switch_signup_admin_and_ttl() {
 
 #[test]
 fn default_secret_is_warned_about() {
-    let manifest = repo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
     let s = up(UpOptions::new(&manifest));
     assert!(
         s.log_contains("secret variable `jwt_secret` is using its manifest default"),

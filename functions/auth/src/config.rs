@@ -59,6 +59,81 @@ pub async fn is_admin(email: &str) -> Result<bool, ApiError> {
         .is_some_and(|list| list.split(',').any(|entry| entry.trim() == email)))
 }
 
+/// How many failed logins are allowed within a window, per account and per
+/// client address (see `throttle.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// `login_failures_per_account`: few, since an account is one target.
+    pub per_account: u64,
+    /// `login_failures_per_address`: many more, so people behind one NAT
+    /// do not lock each other out.
+    pub per_address: u64,
+    /// `login_window_secs`: how long a failure counts.
+    pub window_secs: u64,
+}
+
+pub const DEFAULT_LOGIN_LIMITS: LoginLimits = LoginLimits {
+    per_account: 10,
+    per_address: 100,
+    window_secs: 900,
+};
+
+/// How many signups one client address may make within a window.
+#[derive(Debug, Clone, Copy)]
+pub struct SignupLimit {
+    /// `signups_per_address`.
+    pub per_address: u64,
+    /// `signup_window_secs`.
+    pub window_secs: u64,
+}
+
+pub const DEFAULT_SIGNUP_LIMIT: SignupLimit = SignupLimit {
+    per_address: 20,
+    window_secs: 3600,
+};
+
+pub async fn login_limits() -> Result<LoginLimits, ApiError> {
+    Ok(LoginLimits {
+        per_account: positive(
+            "login_failures_per_account",
+            DEFAULT_LOGIN_LIMITS.per_account,
+        )
+        .await?,
+        per_address: positive(
+            "login_failures_per_address",
+            DEFAULT_LOGIN_LIMITS.per_address,
+        )
+        .await?,
+        window_secs: positive("login_window_secs", DEFAULT_LOGIN_LIMITS.window_secs).await?,
+    })
+}
+
+pub async fn signup_limit() -> Result<SignupLimit, ApiError> {
+    Ok(SignupLimit {
+        per_address: positive("signups_per_address", DEFAULT_SIGNUP_LIMIT.per_address).await?,
+        window_secs: positive("signup_window_secs", DEFAULT_SIGNUP_LIMIT.window_secs).await?,
+    })
+}
+
+/// A whole number of at least 1 from variable `name`, or `default` when it
+/// is undefined. Anything else is refused rather than guessed at: reading
+/// `"ten"` as "no limit" would switch the throttle off by accident.
+async fn positive(name: &str, default: u64) -> Result<u64, ApiError> {
+    match optional(name).await? {
+        None => Ok(default),
+        Some(raw) => parse_positive(name, &raw),
+    }
+}
+
+fn parse_positive(name: &str, raw: &str) -> Result<u64, ApiError> {
+    match raw.trim().parse::<u64>() {
+        Ok(value) if value > 0 => Ok(value),
+        _ => Err(ApiError::internal(format!(
+            "server misconfigured: {name} must be a whole number of at least 1, not {raw:?}"
+        ))),
+    }
+}
+
 /// Reads a variable, mapping "not defined" to `None`.
 async fn optional(name: &str) -> Result<Option<String>, ApiError> {
     match variables::get(name).await {
@@ -68,5 +143,19 @@ async fn optional(name: &str) -> Result<Option<String>, ApiError> {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("could not read the {name} variable: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_must_be_positive_whole_numbers() {
+        assert_eq!(parse_positive("x", " 10\n").ok(), Some(10));
+        for bad in ["", "0", "-1", "1.5", "ten"] {
+            let e = parse_positive("login_window_secs", bad).expect_err(bad);
+            assert!(e.to_string().contains("login_window_secs"), "{e}");
+        }
     }
 }

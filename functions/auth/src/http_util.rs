@@ -33,8 +33,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     /// A header HTTP requires alongside some statuses (`Allow` on 405,
-    /// `WWW-Authenticate` on 401).
-    header: Option<(&'static str, &'static str)>,
+    /// `WWW-Authenticate` on 401, `Retry-After` on 429).
+    header: Option<(&'static str, HeaderValue)>,
 }
 
 impl ApiError {
@@ -47,8 +47,16 @@ impl ApiError {
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.header = Some((name, value));
+        self.header = Some((name, HeaderValue::from_static(value)));
         self
+    }
+
+    /// A 429 telling the client how many seconds to wait, in the message
+    /// and in `Retry-After`.
+    pub fn too_many_requests(retry_after_secs: u64, message: impl Into<String>) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, message);
+        error.header = Some(("retry-after", HeaderValue::from(retry_after_secs)));
+        error
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -76,9 +84,7 @@ impl ApiError {
             },
         );
         if let Some((name, value)) = self.header {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_static(value));
+            response.headers_mut().insert(name, value);
         }
         response
     }

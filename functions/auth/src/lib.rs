@@ -10,12 +10,17 @@
 //!
 //! Every failure is `{"error": "..."}` as JSON. Bad client input is always a
 //! 4xx; 5xx is reserved for configuration and storage problems.
+//!
+//! Failed logins are throttled per account and per client address, and
+//! signups per address (`throttle.rs`): past a limit the answer is `429`
+//! with `Retry-After`, given before any Argon2 work.
 
 mod config;
 mod email;
 mod http_util;
 mod jwt;
 mod password;
+mod throttle;
 mod users;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +30,7 @@ use spin_sdk::http::{Method, Request, StatusCode};
 use spin_sdk::http_service;
 
 use http_util::{ApiError, HttpResponse};
+use throttle::{Kind, Limit, Throttle, ThrottleError};
 use users::{StoreError, UserStore};
 
 /// `WWW-Authenticate` challenges sent with 401s, telling clients which
@@ -88,6 +94,7 @@ async fn signup(req: Request) -> Result<HttpResponse, ApiError> {
             "signups are disabled on this server",
         ));
     }
+    let address = client_address(&req);
     let body = http_util::read_body(req).await?;
     let request: SignupRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -104,6 +111,24 @@ async fn signup(req: Request) -> Result<HttpResponse, ApiError> {
     }
 
     let store = UserStore::open().await?;
+    // Every signup that gets this far counts, whether it creates an account
+    // or finds the email taken (which would otherwise let one address probe
+    // for registered emails without limit).
+    if let Some(address) = address {
+        let limit = config::signup_limit().await?;
+        Throttle::open(store.connection())
+            .await?
+            .admit(
+                vec![Limit {
+                    kind: Kind::SignupAddress,
+                    subject: address,
+                    max: limit.per_address,
+                    window_secs: limit.window_secs,
+                }],
+                now_seconds()?,
+            )
+            .await?;
+    }
     // Checked before hashing so a taken email costs no Argon2 work; the
     // unique constraint still catches a concurrent signup (see `insert`).
     if store.password_hash(email).await?.is_some() {
@@ -121,33 +146,60 @@ async fn login(req: Request) -> Result<HttpResponse, ApiError> {
     let credentials = http_util::basic_credentials(req.headers())
         .map_err(|e| ApiError::unauthorized(BASIC_CHALLENGE, e.to_string()))?;
     let secret = config::jwt_secret().await?;
+    let limits = config::login_limits().await?;
 
-    // Same normalisation as signup, so the stored form is what we look up.
-    // An address signup would have refused cannot have an account, and is
-    // kept away from the database, which might not be able to compare it.
-    let account = match email::normalize(&credentials.email) {
-        Ok(email) => UserStore::open()
-            .await?
-            .password_hash(email)
-            .await?
-            .map(|stored| (email, stored)),
-        Err(_) => None,
-    };
-    let verified = match account {
-        Some((email, stored)) => password::verify(&credentials.password, &stored)?.then_some(email),
-        None => {
-            password::verify_unknown_user(&credentials.password)?;
-            None
+    // Same normalisation as signup, so the stored form is what we look up
+    // and what the account's failures are counted under. An address signup
+    // would have refused cannot have an account and is never compared in
+    // the database, which might not be able to compare it; its failures
+    // count against the client's address only.
+    let email = email::normalize(&credentials.email).ok();
+    let mut guarded = Vec::new();
+    if let Some(email) = email {
+        guarded.push(Limit {
+            kind: Kind::LoginAccount,
+            subject: email.to_owned(),
+            max: limits.per_account,
+            window_secs: limits.window_secs,
+        });
+    }
+    if let Some(address) = client_address(&req) {
+        guarded.push(Limit {
+            kind: Kind::LoginAddress,
+            subject: address,
+            max: limits.per_address,
+            window_secs: limits.window_secs,
+        });
+    }
+
+    let store = UserStore::open().await?;
+    let throttle = Throttle::open(store.connection()).await?;
+    // Unknown emails are throttled like real ones, so a 429 does not tell
+    // which emails have accounts. Refused attempts never reach Argon2, not
+    // even with the right password, or guessing would go on.
+    let attempt = throttle.admit(guarded, now_seconds()?).await?;
+    let verified = match verify_login(&store, email, &credentials.password).await {
+        Ok(verified) => verified,
+        Err(e) => {
+            // A server fault is not a wrong guess. Best effort: the client
+            // must see the fault, not a failure to clean up after it.
+            if let Err(forget) = throttle.forget(&attempt).await {
+                eprintln!("auth: could not forget a failed login attempt: {forget}");
+            }
+            return Err(e);
         }
     };
     let Some(email) = verified else {
-        // One message for every failure, so the answer does not reveal which
+        // The attempt's rows stay: they are the counted failures. One
+        // message for every failure, so the answer does not reveal which
         // emails have accounts.
         return Err(ApiError::unauthorized(
             BASIC_CHALLENGE,
             "invalid email or password",
         ));
     };
+    throttle.forget(&attempt).await?;
+    throttle.clear(Kind::LoginAccount, email).await?;
 
     let claims = jwt::Claims::new(
         email.to_owned(),
@@ -158,6 +210,39 @@ async fn login(req: Request) -> Result<HttpResponse, ApiError> {
     let token = jwt::sign(&claims, &secret)
         .map_err(|e| ApiError::internal(format!("could not sign the token: {e}")))?;
     Ok(http_util::text(StatusCode::OK, token))
+}
+
+/// The account whose password `password` is, if any. Takes as long for an
+/// unknown email as for a wrong password, so timing does not reveal which
+/// emails have accounts.
+async fn verify_login<'e>(
+    store: &UserStore,
+    email: Option<&'e str>,
+    password: &str,
+) -> Result<Option<&'e str>, ApiError> {
+    let stored = match email {
+        Some(email) => store.password_hash(email).await?,
+        None => None,
+    };
+    match (email, stored) {
+        (Some(email), Some(stored)) => Ok(password::verify(password, &stored)?.then_some(email)),
+        _ => {
+            password::verify_unknown_user(password)?;
+            Ok(None)
+        }
+    }
+}
+
+/// The client's IP (without port) from the `spin-client-addr` header the
+/// host sets on every outside request and the gateway passes on with
+/// `/login`. Absent only for an in-app caller that did not pass it on; the
+/// account limit still applies then.
+fn client_address(req: &Request) -> Option<String> {
+    throttle::client_ip(
+        req.headers()
+            .get("spin-client-addr")
+            .and_then(|value| value.to_str().ok()),
+    )
 }
 
 async fn validate(req: Request) -> Result<HttpResponse, ApiError> {
@@ -181,6 +266,19 @@ fn now_seconds() -> Result<u64, ApiError> {
 impl From<password::PasswordError> for ApiError {
     fn from(e: password::PasswordError) -> Self {
         ApiError::internal(e.to_string())
+    }
+}
+
+/// A throttled client is told when to retry; storage faults are answered
+/// as everywhere else.
+impl From<ThrottleError> for ApiError {
+    fn from(e: ThrottleError) -> Self {
+        match e {
+            ThrottleError::Limited {
+                retry_after_secs, ..
+            } => ApiError::too_many_requests(retry_after_secs, e.to_string()),
+            ThrottleError::Store(e) => e.into(),
+        }
     }
 }
 

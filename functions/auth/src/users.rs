@@ -51,6 +51,11 @@ impl UserStore {
         Ok(Self { conn })
     }
 
+    /// The connection, shared with the throttle table (`throttle.rs`).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The stored PHC hash for `email`, or `None` if there is no such account.
     pub async fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
         let failed = |detail: String| StoreError::Query {

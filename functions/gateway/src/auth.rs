@@ -44,23 +44,15 @@ impl Caller {
     }
 }
 
-/// `POST /login`: forwards the caller's `Authorization` header to auth and
-/// answers with auth's status, content type and body unchanged, so clients
-/// of the original system see the same bare-token answer.
+/// `POST /login`: forwards the caller's `Authorization` header (and
+/// address) to auth and answers with auth's status, content type,
+/// `WWW-Authenticate`, `Retry-After` and body unchanged, so clients of the
+/// original system see the same bare-token answer.
 pub async fn login(req: Request) -> Result<HttpResponse, ApiError> {
     let answer = call_auth(LOGIN_URL, req.headers()).await?;
     let mut response = Response::new(box_body(Full::new(answer.body)));
     *response.status_mut() = answer.status;
-    for (name, value) in [
-        ("content-type", answer.content_type),
-        ("www-authenticate", answer.www_authenticate),
-    ] {
-        if let Some(value) = value {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
-        }
-    }
+    response.headers_mut().extend(answer.headers);
     Ok(response)
 }
 
@@ -106,18 +98,33 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 /// What auth answered, read in full (it is small).
 struct AuthAnswer {
     status: StatusCode,
-    content_type: Option<HeaderValue>,
-    www_authenticate: Option<HeaderValue>,
+    /// Those of [`RETURNED_FROM_AUTH`] that auth sent.
+    headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
-/// POSTs to auth with only the caller's `Authorization` header: auth needs
-/// nothing else, and forwarding less keeps hop-by-hop and spin-* headers
-/// from leaking between components.
+/// Request headers passed on to auth: the credentials, and the client's
+/// address, which auth throttles failed logins by. The host sets
+/// `spin-client-addr` on every outside request, overwriting what the client
+/// sent, so it cannot be forged. Nothing else is forwarded, so hop-by-hop
+/// and other spin-* headers do not leak between components.
+const FORWARDED_TO_AUTH: [&str; 2] = ["authorization", "spin-client-addr"];
+
+/// Response headers of auth's `/login` answer passed back to the client:
+/// `Retry-After` comes with a throttled login's 429.
+const RETURNED_FROM_AUTH: [HeaderName; 3] = [
+    http::header::CONTENT_TYPE,
+    http::header::WWW_AUTHENTICATE,
+    http::header::RETRY_AFTER,
+];
+
+/// POSTs to auth with the [`FORWARDED_TO_AUTH`] headers of the request.
 async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiError> {
     let mut builder = http::Request::post(url);
-    if let Some(value) = headers.get("authorization") {
-        builder = builder.header("authorization", value.clone());
+    for name in FORWARDED_TO_AUTH {
+        if let Some(value) = headers.get(name) {
+            builder = builder.header(name, value.clone());
+        }
     }
     let request = builder
         .body(Empty::<Bytes>::new())
@@ -134,8 +141,13 @@ async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiErro
         )),
     })?;
     let status = response.status();
-    let content_type = response.headers().get("content-type").cloned();
-    let www_authenticate = response.headers().get("www-authenticate").cloned();
+    let headers = RETURNED_FROM_AUTH
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.headers().get(&name)?.clone();
+            Some((name, value))
+        })
+        .collect();
     let body = Limited::new(response.into_body(), MAX_AUTH_RESPONSE_BYTES)
         .collect()
         .await
@@ -145,8 +157,7 @@ async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiErro
         .to_bytes();
     Ok(AuthAnswer {
         status,
-        content_type,
-        www_authenticate,
+        headers,
         body,
     })
 }

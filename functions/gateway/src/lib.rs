@@ -17,6 +17,7 @@ mod bindings;
 mod conditional;
 mod download;
 mod errors;
+mod form_guard;
 mod jobs;
 mod range;
 mod streams;

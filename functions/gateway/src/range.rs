@@ -110,6 +110,9 @@ fn digits(s: &str) -> Digits {
 pub enum FidError {
     Missing,
     Malformed,
+    /// Given more than once: which one is meant is ambiguous, and a proxy
+    /// in front might check a different one than this function serves.
+    Repeated,
 }
 
 impl std::fmt::Display for FidError {
@@ -119,6 +122,7 @@ impl std::fmt::Display for FidError {
                 "missing fid query parameter; use /download?fid=<mp3_fid from /jobs/{job_id}>"
             }
             FidError::Malformed => "fid must be 24 hexadecimal digits (the mp3_fid of a done job)",
+            FidError::Repeated => "give the fid query parameter once",
         })
     }
 }
@@ -127,11 +131,14 @@ impl std::fmt::Display for FidError {
 /// lowercased, the form the blob store issues. Checking here keeps junk away
 /// from the store and gives the client a 400 that says what is wrong.
 pub fn parse_fid(query: Option<&str>) -> Result<String, FidError> {
-    let value = query
+    let mut values = query
         .unwrap_or("")
         .split('&')
-        .find_map(|pair| pair.strip_prefix("fid="))
-        .ok_or(FidError::Missing)?;
+        .filter_map(|pair| pair.strip_prefix("fid="));
+    let value = values.next().ok_or(FidError::Missing)?;
+    if values.next().is_some() {
+        return Err(FidError::Repeated);
+    }
     if value.len() == 24 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(value.to_ascii_lowercase())
     } else {
@@ -282,6 +289,12 @@ mod tests {
         assert_eq!(parse_fid(None), Err(FidError::Missing));
         assert_eq!(parse_fid(Some("")), Err(FidError::Missing));
         assert_eq!(parse_fid(Some("fidx=1")), Err(FidError::Missing));
+        assert_eq!(parse_fid(Some("fid[]=1")), Err(FidError::Missing));
+        assert_eq!(
+            parse_fid(Some(&format!("fid={fid}&fid={fid}"))),
+            Err(FidError::Repeated)
+        );
+        assert_eq!(parse_fid(Some("fid=&fid=")), Err(FidError::Repeated));
         for bad in [
             "fid=",
             "fid=65f0a1b2c3d4e5f6a7b8c9d",

@@ -8,6 +8,12 @@
 //! only once the video is stored and the broker has confirmed the job
 //! message; on every failure after the video was stored it is deleted
 //! again, so no orphan video is left without a job.
+//!
+//! The form must hold exactly one part, the file: any other part (a text
+//! field, a second file, an empty file input) is refused with 400 as soon
+//! as its headers are read, so at most two parts are ever parsed.
+//! [`FormGuard`] refuses a part header block over 16 KiB with 413, and
+//! junk before the first boundary with 400, before `multer` can buffer it.
 
 use http_body_util::BodyDataStream;
 use multer::{Constraints, Field, Multipart, SizeLimit};
@@ -21,6 +27,7 @@ use crate::auth::Caller;
 use crate::bindings::blobs::{store, wit_stream};
 use crate::bindings::queue::publisher;
 use crate::errors::{ApiError, HttpResponse, blob_error, json, publish_error};
+use crate::form_guard::{FormGuard, GuardError};
 use crate::streams::BoundedReadAhead;
 
 /// The queue the convert worker consumes.
@@ -29,10 +36,6 @@ pub const VIDEO_QUEUE: &str = "video";
 /// Upload limit when `max_upload_bytes` is not defined: 2 GiB, the
 /// manifest's default.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 * 1024 * 1024 * 1024;
-
-/// Form fields other than the file are ignored, but read; this bounds what
-/// reading one may cost.
-pub const MAX_FIELD_BYTES: u64 = 64 * 1024;
 
 /// How much of the request body the multipart parser may buffer ahead of
 /// the blob store (see [`BoundedReadAhead`]).
@@ -91,7 +94,10 @@ pub async fn upload(caller: &Caller, req: Request) -> Result<HttpResponse, ApiEr
         return Err(too_large(max));
     }
 
-    let body = BoundedReadAhead::new(BodyDataStream::new(req.into_body()), READ_AHEAD_BYTES);
+    let body = BoundedReadAhead::new(
+        FormGuard::new(BodyDataStream::new(req.into_body()), &boundary),
+        READ_AHEAD_BYTES,
+    );
     let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(max));
     let mut form = Multipart::with_constraints(body, boundary, constraints);
     let job_id = uuid::Uuid::new_v4().hyphenated().to_string();
@@ -148,17 +154,27 @@ async fn read_form(
     stored: &mut Option<store::FileInfo>,
 ) -> Result<(), ApiError> {
     while let Some(mut field) = form.next_field().await.map_err(|e| form_error(e, max))? {
-        // Browsers send an empty filename for a file input left empty; that
-        // is no file.
-        let Some(filename) = field.file_name().filter(|name| !name.is_empty()) else {
-            drain_field(field, max).await?;
-            continue;
-        };
         if stored.is_some() {
             return Err(ApiError::bad_request(
-                "expected exactly one file in the multipart form; got more than one",
+                "expected exactly one file in the multipart form; got more than one part",
             ));
         }
+        let name = field.name().unwrap_or("").to_owned();
+        let filename = match field.file_name() {
+            Some("") => {
+                // What a browser sends for a file input left empty.
+                return Err(ApiError::bad_request(format!(
+                    "the file part {name:?} has an empty filename: no file was chosen"
+                )));
+            }
+            Some(filename) => filename,
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "form field {name:?} is not a file; the form must hold exactly one \
+                     file part and nothing else (for example: curl -F file=@video.mp4 ...)"
+                )));
+            }
+        };
         let file = store::NewFile {
             filename: stored_filename(filename),
             content_type: field.content_type().map(ToString::to_string),
@@ -199,26 +215,6 @@ async fn pump(field: &mut Field<'_>, mut tx: StreamWriter<u8>) -> Result<(), mul
     Ok(())
 }
 
-/// Reads and ignores a non-file field, refusing one over [`MAX_FIELD_BYTES`].
-async fn drain_field(mut field: Field<'_>, max: u64) -> Result<(), ApiError> {
-    let mut size = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(|e| form_error(e, max))? {
-        size += chunk.len() as u64;
-        if size > MAX_FIELD_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "form field {:?} is larger than {} KiB; only the file part may be large \
-                     (send the video with a filename, e.g. curl -F file=@video.mp4)",
-                    field.name().unwrap_or(""),
-                    MAX_FIELD_BYTES / 1024
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Deletes a video that will not get a job. Best effort: the client already
 /// gets an error, and a failed cleanup must not hide that error.
 async fn discard(video: &store::FileInfo) {
@@ -230,14 +226,19 @@ async fn discard(video: &store::FileInfo) {
     }
 }
 
-/// The multipart parser's errors as client answers: over the limit is 413,
-/// everything else is a body the client must fix (or a dropped connection).
+/// The multipart parser's errors as client answers: over the upload limit
+/// or the part header limit is 413, everything else is a body the client
+/// must fix (or a dropped connection).
 fn form_error(e: multer::Error, max: u64) -> ApiError {
     match e {
         multer::Error::StreamSizeExceeded { .. } => too_large(max),
-        multer::Error::StreamReadFailed(e) => {
-            ApiError::bad_request(format!("could not read the request body: {e}"))
-        }
+        multer::Error::StreamReadFailed(e) => match e.downcast::<GuardError>().map(|e| *e) {
+            Ok(refused @ GuardError::PartHeaderTooLarge) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, refused.to_string())
+            }
+            Ok(refused) => ApiError::bad_request(refused.to_string()),
+            Err(e) => ApiError::bad_request(format!("could not read the request body: {e}")),
+        },
         e => ApiError::bad_request(format!("malformed multipart/form-data body: {e}")),
     }
 }
@@ -359,6 +360,14 @@ mod tests {
         );
         assert_eq!(
             form_error(multer::Error::IncompleteStream, 5).status(),
+            StatusCode::BAD_REQUEST
+        );
+        let guarded = |e: GuardError| form_error(multer::Error::StreamReadFailed(Box::new(e)), 5);
+        let e = guarded(GuardError::PartHeaderTooLarge);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message().contains("16 KiB"), "{}", e.message());
+        assert_eq!(
+            guarded(GuardError::NoBoundary).status(),
             StatusCode::BAD_REQUEST
         );
     }

@@ -366,3 +366,79 @@ pub async fn expect_json_error(resp: reqwest::Response, status: u16) -> String {
     assert!(!msg.is_empty());
     msg
 }
+
+/// A MariaDB database of one test's own on the server of
+/// `SPINDLE_TEST_MYSQL_URL`, dropped again when this is dropped.
+///
+/// Tests are run many times an hour against one shared server, by several
+/// developers at once, and auth keeps state there that outlives a run (its
+/// throttles count signups and failed logins per client address, and every
+/// test client is 127.0.0.1). A fresh database per test keeps runs from
+/// counting against each other, whatever the limits are.
+pub struct TestDatabase {
+    /// The server URL with this database's name in place of the given one.
+    pub url: String,
+    server: mysql_async::Opts,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates `<given name>_<tag>_<nanos>` on the server `url` names.
+    pub async fn create(url: &str, tag: &str) -> TestDatabase {
+        use mysql_async::prelude::Queryable;
+        let mut parsed = url::Url::parse(url).expect("SPINDLE_TEST_MYSQL_URL is a URL");
+        let given = parsed.path().trim_start_matches('/').to_string();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos();
+        let base = if given.is_empty() {
+            "spindle_test"
+        } else {
+            &given
+        };
+        let name = format!("{base}_{tag}_{nanos}");
+        parsed.set_path(&format!("/{name}"));
+        let opts = mysql_async::Opts::from_url(url).expect("a MySQL URL");
+        let server: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
+            .db_name(None::<String>)
+            .into();
+        let mut conn = mysql_async::Conn::new(server.clone())
+            .await
+            .expect("connecting to the test MariaDB");
+        conn.query_drop(format!("CREATE DATABASE `{name}`"))
+            .await
+            .expect("creating the test database");
+        conn.disconnect().await.ok();
+        TestDatabase {
+            url: parsed.to_string(),
+            server,
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop may run inside a tokio runtime, which cannot be blocked on;
+        // a thread with its own runtime can.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use mysql_async::prelude::Queryable;
+                let mut conn = mysql_async::Conn::new(server).await?;
+                conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .await?;
+                conn.disconnect().await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
