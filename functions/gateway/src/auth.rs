@@ -1,5 +1,6 @@
-//! Who is calling: `/login` is forwarded to the auth function, and every
-//! other route checks the caller's Bearer token with auth's `/validate`.
+//! Who is calling: every route checks the caller's Bearer token with
+//! auth's `/validate`. (`/login` is routed to auth itself, so a flood of
+//! Argon2-heavy logins waits for auth's slots, never the gateway's.)
 //!
 //! The gateway never sees the JWT secret. Asking auth keeps one place that
 //! decides what a valid token is (algorithm pinning, expiry, admin flag),
@@ -7,17 +8,14 @@
 //! the check costs no network round trip.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
-use spin_sdk::http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, box_body, send,
-};
+use spin_sdk::http::{HeaderMap, HeaderName, StatusCode, send};
 
 use spin_sdk::wasip3::http::types::ErrorCode;
 
-use crate::errors::{ApiError, HttpResponse};
+use crate::errors::ApiError;
 
-const LOGIN_URL: &str = "http://auth.spin.internal/login";
 const VALIDATE_URL: &str = "http://auth.spin.internal/validate";
 
 /// Sent with every 401 so clients know which scheme to use.
@@ -42,18 +40,6 @@ impl Caller {
     pub fn may_access(&self, owner: Option<&str>) -> bool {
         self.admin || owner == Some(self.username.as_str())
     }
-}
-
-/// `POST /login`: forwards the caller's `Authorization` header (and
-/// address) to auth and answers with auth's status, content type,
-/// `WWW-Authenticate`, `Retry-After` and body unchanged, so clients of the
-/// original system see the same bare-token answer.
-pub async fn login(req: Request) -> Result<HttpResponse, ApiError> {
-    let answer = call_auth(LOGIN_URL, req.headers()).await?;
-    let mut response = Response::new(box_body(Full::new(answer.body)));
-    *response.status_mut() = answer.status;
-    response.headers_mut().extend(answer.headers);
-    Ok(response)
 }
 
 /// Checks the caller's Bearer token with auth and returns who they are.
@@ -98,33 +84,16 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 /// What auth answered, read in full (it is small).
 struct AuthAnswer {
     status: StatusCode,
-    /// Those of [`RETURNED_FROM_AUTH`] that auth sent.
-    headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
-/// Request headers passed on to auth: the credentials, and the client's
-/// address, which auth throttles failed logins by. The host sets
-/// `spin-client-addr` on every outside request, overwriting what the client
-/// sent, so it cannot be forged. Nothing else is forwarded, so hop-by-hop
-/// and other spin-* headers do not leak between components.
-const FORWARDED_TO_AUTH: [&str; 2] = ["authorization", "spin-client-addr"];
-
-/// Response headers of auth's `/login` answer passed back to the client:
-/// `Retry-After` comes with a throttled login's 429.
-const RETURNED_FROM_AUTH: [HeaderName; 3] = [
-    http::header::CONTENT_TYPE,
-    http::header::WWW_AUTHENTICATE,
-    http::header::RETRY_AFTER,
-];
-
-/// POSTs to auth with the [`FORWARDED_TO_AUTH`] headers of the request.
+/// POSTs to auth with only the caller's `Authorization` header: auth
+/// needs nothing else, and forwarding less keeps hop-by-hop and spin-*
+/// headers from leaking between components.
 async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiError> {
     let mut builder = http::Request::post(url);
-    for name in FORWARDED_TO_AUTH {
-        if let Some(value) = headers.get(name) {
-            builder = builder.header(name, value.clone());
-        }
+    if let Some(value) = headers.get("authorization") {
+        builder = builder.header("authorization", value.clone());
     }
     let request = builder
         .body(Empty::<Bytes>::new())
@@ -141,13 +110,6 @@ async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiErro
         )),
     })?;
     let status = response.status();
-    let headers = RETURNED_FROM_AUTH
-        .into_iter()
-        .filter_map(|name| {
-            let value = response.headers().get(&name)?.clone();
-            Some((name, value))
-        })
-        .collect();
     let body = Limited::new(response.into_body(), MAX_AUTH_RESPONSE_BYTES)
         .collect()
         .await
@@ -155,11 +117,7 @@ async fn call_auth(url: &str, headers: &HeaderMap) -> Result<AuthAnswer, ApiErro
             ApiError::unavailable(format!("could not read the auth service's answer: {e}"))
         })?
         .to_bytes();
-    Ok(AuthAnswer {
-        status,
-        headers,
-        body,
-    })
+    Ok(AuthAnswer { status, body })
 }
 
 /// The `error` field of auth's JSON error body, or a generic phrase when

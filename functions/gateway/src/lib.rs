@@ -1,6 +1,5 @@
 //! Spindle's gateway function: the user-facing API of the video-to-MP3 app.
 //!
-//! - `POST /login` → forwarded to the auth function (Basic → JWT)
 //! - `POST /upload` (Bearer, multipart with one file) → `202` job
 //! - `GET /jobs/{job_id}` (Bearer, owner or admin) → the job's state
 //! - `GET /download?fid=<mp3_fid>` (Bearer, owner or admin) → the MP3,
@@ -41,7 +40,6 @@ async fn handle(req: Request) -> HttpResponse {
 /// The routes this component serves and the one method each accepts.
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
-    Login,
     Upload,
     Job(&'a str),
     Download,
@@ -50,7 +48,6 @@ enum Route<'a> {
 impl<'a> Route<'a> {
     fn parse(path: &'a str) -> Result<Self, ApiError> {
         match path {
-            "/login" => Ok(Route::Login),
             "/upload" => Ok(Route::Upload),
             "/download" => Ok(Route::Download),
             _ => match path.strip_prefix("/jobs/") {
@@ -59,7 +56,7 @@ impl<'a> Route<'a> {
                     "give a job id: GET /jobs/{job_id}, with the job_id POST /upload returned",
                 )),
                 _ => Err(ApiError::not_found(format!(
-                    "no route for {path}; the gateway serves POST /login, POST /upload, \
+                    "no route for {path}; the gateway serves POST /upload, \
                      GET /jobs/{{job_id}} and GET /download?fid=..."
                 ))),
             },
@@ -69,7 +66,7 @@ impl<'a> Route<'a> {
     /// The methods this route accepts, as listed in `Allow`.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Login | Route::Upload => &[Method::POST],
+            Route::Upload => &[Method::POST],
             Route::Job(_) => &[Method::GET],
             Route::Download => &[Method::GET, Method::HEAD],
         }
@@ -93,7 +90,6 @@ async fn route(req: Request) -> Result<HttpResponse, ApiError> {
         .with_header(HeaderName::from_static("allow"), allow));
     }
     match route {
-        Route::Login => auth::login(req).await,
         Route::Upload => {
             let caller = auth::authenticate(req.headers()).await?;
             upload::upload(&caller, req).await
@@ -123,11 +119,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(Route::parse("/login").ok(), Some(Route::Login));
         assert_eq!(Route::parse("/upload").ok(), Some(Route::Upload));
         assert_eq!(Route::parse("/download").ok(), Some(Route::Download));
         assert_eq!(Route::parse("/jobs/abc").ok(), Some(Route::Job("abc")));
-        for missing in ["/", "/jobs", "/jobs/", "/jobs/a/b", "/uploads", "/login/x"] {
+        for missing in ["/", "/jobs", "/jobs/", "/jobs/a/b", "/uploads", "/login"] {
             let e = Route::parse(missing).expect_err(missing);
             assert_eq!(e.status(), StatusCode::NOT_FOUND, "{missing}");
         }

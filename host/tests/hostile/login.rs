@@ -199,9 +199,8 @@ async fn guessing_from_one_address_is_throttled_across_accounts() {
     let account = email("behind-nat");
     assert_eq!(honest.signup(&account).await.status(), 201);
 
-    // One wrong guess on each of several accounts, from 127.0.0.3. The
-    // gateway passes the client's address on to auth, or this would never
-    // be refused.
+    // One wrong guess on each of several accounts, from 127.0.0.3: auth
+    // keys on the address the host saw, or this would never be refused.
     let guesser = Client::at(&spindle, 3);
     for _ in 0..per_address {
         expect_json_error(guesser.login(&email("sprayed"), "password1").await, 401).await;
