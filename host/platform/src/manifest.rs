@@ -273,6 +273,15 @@ impl Manifest {
             ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let reserved = |key: String, name: &str| {
+            err(
+                key,
+                format!(
+                    "`{name}` starts with `{RESERVED_PREFIX}`, which is reserved for the platform's own buckets, queues and exchanges (deploy records among them)"
+                ),
+                "choose a name that does not start with `spindle`".into(),
+            )
+        };
 
         for (name, decl) in &raw.variables {
             check_variable_name(name).map_err(|p| {
@@ -341,6 +350,21 @@ impl Manifest {
                         "name buckets with letters, digits, - and _".into(),
                     )
                 })?;
+            }
+            let granted_names = component
+                .blob_buckets
+                .iter()
+                .map(|b| ("blob_buckets", b))
+                .chain(
+                    component
+                        .publish_queues
+                        .iter()
+                        .map(|q| ("publish_queues", q)),
+                );
+            for (key, name) in granted_names {
+                if is_reserved(name) {
+                    return Err(reserved(format!("component.{id}.{key}"), name));
+                }
             }
             for (i, host) in component.allowed_outbound_hosts.iter().enumerate() {
                 crate::capabilities::outbound_http::AllowedHost::parse(host).map_err(|p| {
@@ -426,6 +450,9 @@ impl Manifest {
                     ));
                 }
             }
+            if is_reserved(&t.queue) {
+                return Err(reserved(format!("trigger.amqp[{i}].queue"), &t.queue));
+            }
             if t.queue.is_empty() {
                 return Err(err(
                     format!("trigger.amqp[{i}].queue"),
@@ -461,6 +488,15 @@ impl Manifest {
     pub fn source_path(&self, component: &Component) -> PathBuf {
         self.base_dir().join(&component.source)
     }
+}
+
+/// Buckets, queues and exchanges whose names start with this belong to
+/// the platform (e.g. `spindle-deploys`, the deploy records every replica
+/// runs): no component may be granted one.
+pub const RESERVED_PREFIX: &str = "spindle";
+
+fn is_reserved(name: &str) -> bool {
+    name.to_ascii_lowercase().starts_with(RESERVED_PREFIX)
 }
 
 fn known(components: &BTreeMap<String, Component>) -> String {
@@ -574,6 +610,33 @@ mod tests {
     }
 
     const HEAD: &str = "spin_manifest_version = 2\n[application]\nname = \"t\"\n";
+
+    #[test]
+    fn platform_names_cannot_be_granted() {
+        let cases = [
+            (
+                "blob_buckets = [\"spindle-deploys\"]",
+                "component.c.blob_buckets",
+            ),
+            (
+                "publish_queues = [\"Spindle.deploys\"]",
+                "component.c.publish_queues",
+            ),
+        ];
+        for (grant, key) in cases {
+            let text = format!("{HEAD}[component.c]\nsource = \"a.wasm\"\n{grant}\n");
+            let e = load_str(&text).unwrap_err();
+            assert_eq!(e.key, key);
+            assert!(
+                e.problem.contains("reserved for the platform"),
+                "{}",
+                e.problem
+            );
+        }
+        let trigger =
+            format!("{HEAD}[[trigger.amqp]]\nqueue = \"spindle-events\"\nworker = \"convert\"\n");
+        assert_eq!(load_str(&trigger).unwrap_err().key, "trigger.amqp[0].queue");
+    }
 
     #[test]
     fn routes_parse_exact_and_wildcard() {

@@ -10,5 +10,6 @@ mod support;
 mod admin;
 mod budget;
 mod connections;
+mod grants;
 mod login;
 mod requests;

@@ -4,8 +4,14 @@
 //! It accepts the portable subset of MySQL that SQLite understands; the one
 //! translation made is MySQL's `AUTO_INCREMENT` keyword to SQLite's
 //! `AUTOINCREMENT`, so the same `CREATE TABLE` works on both backends.
+//!
+//! A component's SQL stays inside its database file: an authorizer refuses
+//! `ATTACH` (and so `VACUUM INTO`, which attaches its target), `DETACH`,
+//! `load_extension` and every pragma but a few read-only or harmless ones,
+//! so no statement can open the embedded queue's file or write elsewhere.
 
 use super::{Column, DbDataType, DbValue, Error, ParameterValue, Row};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,7 @@ impl EmbeddedDb {
             .map_err(|e| fail(&e))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| fail(&e))?;
+        conn.authorizer(Some(authorize));
         Ok(EmbeddedDb {
             conn: Mutex::new(conn),
         })
@@ -98,6 +105,48 @@ impl EmbeddedDb {
     }
 }
 
+/// Pragmas a component may run: schema introspection and settings that
+/// touch nothing outside the database.
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "collation_list",
+    "data_version",
+    "foreign_key_check",
+    "foreign_key_list",
+    "foreign_keys",
+    "function_list",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "integrity_check",
+    "pragma_list",
+    "quick_check",
+    "table_info",
+    "table_list",
+    "table_xinfo",
+    "user_version",
+];
+
+/// The authorizer (see the module docs). `ATTACH ''` (a private temporary
+/// database, which plain `VACUUM` uses) stays allowed.
+fn authorize(context: AuthContext<'_>) -> Authorization {
+    let denied = match context.action {
+        AuthAction::Attach { filename } => !filename.is_empty(),
+        AuthAction::Detach { .. } => true,
+        AuthAction::Function { function_name } => {
+            function_name.eq_ignore_ascii_case("load_extension")
+        }
+        AuthAction::Pragma { pragma_name, .. } => !ALLOWED_PRAGMAS
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(pragma_name)),
+        _ => false,
+    };
+    if denied {
+        Authorization::Deny
+    } else {
+        Authorization::Allow
+    }
+}
+
 /// Rewrites the MySQL spelling of the autoincrement keyword.
 fn translate(statement: &str) -> String {
     let mut out = String::with_capacity(statement.len());
@@ -129,6 +178,16 @@ fn find_keyword(haystack: &str, keyword: &str) -> Option<usize> {
 }
 
 fn query_error(e: rusqlite::Error) -> Error {
+    // Denied statements fail with SQLITE_AUTH; a denied function call with
+    // SQLITE_ERROR and "not authorized to use function".
+    let denied = e.sqlite_error_code()
+        == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
+        || e.to_string().starts_with("not authorized");
+    if denied {
+        return Error::QueryFailed(
+            "permission denied: statements that reach outside this database (ATTACH, DETACH, VACUUM INTO, load_extension, and pragmas other than schema introspection) are not allowed".into(),
+        );
+    }
     Error::QueryFailed(e.to_string())
 }
 
@@ -191,6 +250,46 @@ fn to_db_value(v: ValueRef<'_>) -> DbValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn statements_cannot_reach_outside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("queue.sqlite");
+        rusqlite::Connection::open(&outside)
+            .unwrap()
+            .execute_batch("CREATE TABLE messages (body TEXT)")
+            .unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("default.sqlite")).unwrap());
+        let run = |sql: String| db.clone().execute(sql, Vec::new());
+        run("CREATE TABLE t (x INTEGER)".into()).await.unwrap();
+        let copy = dir.path().join("copy.sqlite");
+        let escapes = [
+            format!("ATTACH '{}' AS q", outside.display()),
+            format!("VACUUM INTO '{}'", copy.display()),
+            "DETACH main".into(),
+            "SELECT load_extension('/tmp/x.so')".into(),
+            "PRAGMA journal_mode = DELETE".into(),
+            "PRAGMA writable_schema = ON".into(),
+            "PRAGMA temp_store_directory = '/tmp'".into(),
+        ];
+        for sql in escapes {
+            let e = run(sql.clone()).await.unwrap_err();
+            let Error::QueryFailed(m) = e else {
+                panic!("{sql}: {e:?}");
+            };
+            assert!(m.starts_with("permission denied"), "{sql}: {m}");
+        }
+        assert!(!copy.exists(), "VACUUM INTO wrote nothing");
+        // What stays inside the database still works.
+        run("PRAGMA foreign_keys = ON".into()).await.unwrap();
+        run("VACUUM".into()).await.unwrap();
+        let (_, rows) = db
+            .clone()
+            .query("PRAGMA table_info(t)".into(), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
 
     #[test]
     fn auto_increment_is_translated_as_a_word() {

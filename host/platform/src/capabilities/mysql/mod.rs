@@ -102,16 +102,16 @@ impl SqlBackends {
     }
 
     fn pool(&self, url: &str) -> Result<mysql_async::Pool, Error> {
+        Ok(self.pool_for(url, parse_url(url)?))
+    }
+
+    /// The pool for `url`, made from `opts` (parsed from it) the first time.
+    fn pool_for(&self, url: &str, opts: mysql_async::Opts) -> mysql_async::Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(url) {
-            return Ok(pool.clone());
-        }
-        let opts = mysql_async::Opts::from_url(url).map_err(|e| {
-            Error::ConnectionFailed(format!("invalid MySQL URL {}: {e}", redact_url(url)))
-        })?;
-        let pool = mysql_async::Pool::new(opts);
-        pools.insert(url.to_string(), pool.clone());
-        Ok(pool)
+        pools
+            .entry(url.to_string())
+            .or_insert_with(|| mysql_async::Pool::new(opts))
+            .clone()
     }
 
     fn embedded(&self, label: &str) -> Result<Arc<embedded::EmbeddedDb>, Error> {
@@ -149,14 +149,19 @@ impl SqlBackends {
 
 /// Hides the password in a URL shown to people or logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        Err(_) => "(a URL that does not parse)".to_string(),
     }
+}
+
+fn parse_url(url: &str) -> Result<mysql_async::Opts, Error> {
+    mysql_async::Opts::from_url(url)
+        .map_err(|e| Error::ConnectionFailed(format!("invalid MySQL URL {}: {e}", redact_url(url))))
 }
 
 /// What one component may open: granted labels and allowed URLs.
@@ -187,15 +192,19 @@ impl MysqlState {
         if self.labels.iter().any(|l| l == address) {
             return self.backends.open_label(address);
         }
-        if let Some(rest) = address.strip_prefix("mysql://") {
-            let authority = rest.split('/').next().unwrap_or_default();
-            let hostport = authority.rsplit('@').next().unwrap_or_default();
-            let (host, port) = match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().unwrap_or(0)),
-                None => (hostport, 3306),
-            };
-            if self.allowed.allows("mysql", host, port) {
-                return Ok(Database::Server(self.backends.pool(address)?));
+        if address.starts_with("mysql://") {
+            // Parsed once: the host and port checked are the ones the
+            // driver will connect to.
+            let opts = parse_url(address)?;
+            if opts.socket().is_some() {
+                return Err(Error::ConnectionFailed(format!(
+                    "permission denied: component `{}` may not connect through a local socket; use mysql://host:port",
+                    self.component
+                )));
+            }
+            let (host, port) = (opts.ip_or_hostname().to_string(), opts.tcp_port());
+            if self.allowed.allows("mysql", &host, port) {
+                return Ok(Database::Server(self.backends.pool_for(address, opts)));
             }
             return Err(Error::ConnectionFailed(format!(
                 "permission denied: component `{}` may not connect to mysql://{host}:{port}; add \"mysql://{host}:{port}\" to its allowed_outbound_hosts in spin.toml",
@@ -337,5 +346,28 @@ mod tests {
             panic!("disallowed host opened");
         };
         assert!(m.contains("allowed_outbound_hosts"), "{m}");
+        // The host the driver would connect to is the one checked, however
+        // the URL hides it.
+        for sneaky in [
+            "mysql://evil:3306#@db.internal:3306/x",
+            "mysql://evil:3306/x?@db.internal:3306",
+            "mysql://u:p@evil:3306/x#@db.internal",
+        ] {
+            let Err(Error::ConnectionFailed(m)) = state.open(sneaky) else {
+                panic!("{sneaky} opened");
+            };
+            assert!(
+                m.contains("may not connect to mysql://evil:3306")
+                    || m.contains("invalid MySQL URL"),
+                "{sneaky}: {m}"
+            );
+        }
+        let Err(Error::ConnectionFailed(m)) =
+            state.open("mysql://db.internal:3306/x?socket=/run/mysqld/mysqld.sock")
+        else {
+            panic!("a socket path opened");
+        };
+        assert!(m.contains("local socket"), "{m}");
+        assert!(state.open("mysql://u:p@db.internal/x").is_ok());
     }
 }

@@ -1,6 +1,6 @@
 //! A component that exercises the host: each route shows one behaviour the
 //! host must handle (streaming, variables, outbound HTTP, traps, runaway loops,
-//! unbounded allocation).
+//! unbounded allocation, SQL that tries to leave its database).
 
 use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body};
 use spin_sdk::http_service;
@@ -250,6 +250,33 @@ async fn handle(req: Request) -> Response<BoxBody> {
                     text(StatusCode::BAD_REQUEST, format!("{e:?}"))
                 }
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}")),
+            }
+        }
+        "/sql" => {
+            // The body is one statement, run on the database named by the
+            // `x-db` header (a label or a mysql:// URL).
+            let db = req
+                .headers()
+                .get("x-db")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("default")
+                .to_string();
+            let statement = String::from_utf8_lossy(&read_all(req).await).to_string();
+            let outcome = match spin_sdk::mysql::Connection::open(db).await {
+                Ok(conn) => conn.execute(statement, Vec::new()).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => text(StatusCode::OK, "ok"),
+                Err(e) => {
+                    let message = e.to_string();
+                    let status = if message.contains("permission denied") {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    };
+                    text(status, message)
+                }
             }
         }
         p if p.starts_with("/blob/") => {
