@@ -33,12 +33,15 @@ pub enum InvokeError {
     Instantiation { component: String, reason: String },
     #[error("component `{component}` failed: {reason}")]
     Trap { component: String, reason: String },
+    #[error("{0}")]
+    BodyTooSlow(super::body::BodyTooSlow),
 }
 
 impl InvokeError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             InvokeError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BodyTooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
             InvokeError::Instantiation { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Memory { .. } | InvokeError::Trap { .. } => {
                 http::StatusCode::INTERNAL_SERVER_ERROR
@@ -85,11 +88,17 @@ impl HttpComponent {
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
         let timeout = self.limits.request_timeout();
-        let request = request
-            .map(|body| super::body::Progress::new(body, slot.clone(), timeout).boxed_unsync());
+        let floor = super::body::MinRate::from_limits(&self.limits);
+        let request = request.map(|body| {
+            super::body::Progress::new(body, slot.clone(), timeout, floor).boxed_unsync()
+        });
         let result = self.handler.handle(slot.clone(), request).await;
         let invocation = slot.get();
         match result {
+            // The component may have answered the body's error itself.
+            Ok(_) if invocation.is_some_and(|i| i.body_stalled()) => {
+                Err(InvokeError::BodyTooSlow(super::body::BodyTooSlow(floor)))
+            }
             Ok(response) => {
                 // The response exists; its body may now stream for longer.
                 if let Some(invocation) = invocation {
@@ -103,6 +112,11 @@ impl HttpComponent {
 
     fn classify(&self, e: wasmtime::Error, invocation: Option<&Invocation>) -> InvokeError {
         let component = self.id.to_string();
+        if invocation.is_some_and(Invocation::body_stalled) {
+            return InvokeError::BodyTooSlow(super::body::BodyTooSlow(
+                super::body::MinRate::from_limits(&self.limits),
+            ));
+        }
         if invocation.is_some_and(Invocation::timed_out) || e.is::<ExpirationError>() {
             return InvokeError::Timeout {
                 component,
