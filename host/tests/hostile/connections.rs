@@ -411,3 +411,52 @@ async fn a_trickled_deploy_on_the_admin_listener_gets_408() {
     )
     .await;
 }
+
+/// Sets the soft open-file limit of process `pid` (util-linux `prlimit`).
+fn set_open_file_limit(pid: u32, soft: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("running prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_errors_back_off_instead_of_spinning() {
+    let (s, _dir, _rc) = start("max_connections = 1000\n");
+    let c = fresh_client();
+    assert_eq!(honest(&c, &s).await, 200);
+    let original = std::fs::read_to_string(format!("/proc/{}/limits", s.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .expect("the open-file limit in /proc/PID/limits");
+    let open = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count() as u64;
+    set_open_file_limit(s.pid(), open + 10);
+    // More connections than descriptors left: accept runs into EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(addr(&s)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failures = s.stderr().matches("accepting a connection failed").count();
+    assert!(
+        failures >= 1,
+        "accept never failed; the test did not reach EMFILE"
+    );
+    // Backing off from 10 ms to 1 s retries about ten times in 3 s; a
+    // spinning loop would log thousands of times.
+    assert!(failures <= 50, "{failures} accept failures logged in 3 s");
+
+    set_open_file_limit(s.pid(), original);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while honest(&c, &s).await != 200 {
+        assert!(Instant::now() < deadline, "not serving again after EMFILE");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("{failures} accept failures logged in 3 s at EMFILE");
+}
