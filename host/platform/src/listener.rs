@@ -76,6 +76,7 @@ fn machine_connections() -> usize {
 }
 
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast, reason = "rlim_t is not u64 on every unix")]
 fn open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

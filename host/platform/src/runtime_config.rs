@@ -164,9 +164,10 @@ impl RuntimeConfig {
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let limits = &config.limits;
         let positive = |v: f64| v.is_finite() && v > 0.0;
-        let component_zero = limits.components.values().any(|c| {
-            c.max_concurrency == Some(0) || c.memory_limit_mb == Some(0)
-        });
+        let component_zero = limits
+            .components
+            .values()
+            .any(|c| c.max_concurrency == Some(0) || c.memory_limit_mb == Some(0));
         if !positive(limits.request_timeout_secs)
             || !positive(limits.body_timeout_secs)
             || !positive(limits.header_read_timeout_secs)

@@ -435,12 +435,12 @@ impl AdminHandler {
 }
 
 impl Handler for AdminHandler {
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         request: http::Request<hyper::body::Incoming>,
         _client: SocketAddr,
-    ) -> impl Future<Output = http::Response<WasiBody>> + Send + 'static {
-        async move { route(&self, request).await }
+    ) -> http::Response<WasiBody> {
+        route(&self, request).await
     }
 }
 
