@@ -352,7 +352,9 @@ async fn a_trickled_body_gets_408_and_frees_its_instance() {
     // Both instances are free again: two requests at once are served.
     let c = fresh_client();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let (a, b) = tokio::join!(honest(&c, &s), honest(&c, &s));
         if (a, b) == (200, 200) {
             break;
@@ -363,7 +365,9 @@ async fn a_trickled_body_gets_408_and_frees_its_instance() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("trickled bodies answered 408 after {cut_after:?}");
+    println!(
+        "trickled bodies answered 408 after {cut_after:?}; both instances free on attempt {attempts}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
