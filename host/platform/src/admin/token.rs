@@ -37,9 +37,9 @@ pub fn load_or_create(state_dir: &Path) -> Result<String, TokenError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
     let token = hex::encode(bytes);
-    // Written to a private temporary file, then linked into place: the file
-    // never exists with other permissions or half-written, and a token
-    // another process created meanwhile is kept (linking never replaces).
+    // Written to a private temporary file, then moved into place without
+    // replacing anything: the file never exists with other permissions or
+    // half-written, and a token another process created meanwhile is kept.
     let io = |action| {
         let path = path.clone();
         move |source| TokenError::Io {
@@ -58,16 +58,16 @@ pub fn load_or_create(state_dir: &Path) -> Result<String, TokenError> {
     let mut temp = builder.tempfile_in(state_dir).map_err(io("create"))?;
     writeln!(temp, "{token}").map_err(io("write"))?;
     temp.as_file().sync_all().map_err(io("write"))?;
-    match std::fs::hard_link(temp.path(), &path) {
-        Ok(()) => Ok(token),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+    match temp.persist_noclobber(&path) {
+        Ok(_) => Ok(token),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
             read(&path)?.ok_or_else(|| TokenError::Io {
                 action: "read",
                 path: path.clone(),
-                source: e,
+                source: e.error,
             })
         }
-        Err(e) => Err(io("create")(e)),
+        Err(e) => Err(io("create")(e.error)),
     }
 }
 
