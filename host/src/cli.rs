@@ -29,11 +29,11 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-/// Where the running host's admin API is.
+/// Where the running host's admin API is, and its token.
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The admin API of `spindle up` (its --admin-listen). The token, when
-    /// needed, is read from SPINDLE_ADMIN_TOKEN.
+    /// The admin API of `spindle up` (its --admin-listen). The token is
+    /// SPINDLE_ADMIN_TOKEN, or else the one in STATE_DIR/admin-token.
     #[arg(
         long,
         env = "SPINDLE_ADMIN_URL",
@@ -45,6 +45,10 @@ pub struct AdminArgs {
     /// from a private CA.
     #[arg(long, env = "SPINDLE_ADMIN_CA_CERT", value_name = "PEM")]
     pub admin_ca_cert: Option<PathBuf>,
+    /// The state directory of `spindle up` (its --state-dir), where it
+    /// keeps the admin token it generated when SPINDLE_ADMIN_TOKEN is unset.
+    #[arg(long, default_value = ".spindle")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Args)]

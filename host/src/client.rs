@@ -1,10 +1,12 @@
 //! `spindle deploy`, `spindle rollback` and `spindle status`: clients of a
-//! running host's admin API (see `spindle_platform::admin`). The token, when
-//! the host needs one, comes from `SPINDLE_ADMIN_TOKEN`.
+//! running host's admin API (see `spindle_platform::admin`). The token comes
+//! from `SPINDLE_ADMIN_TOKEN`, or else from `<state-dir>/admin-token`, which
+//! `spindle up` generates when that variable is unset.
 
 use crate::cli::{AdminArgs, DeployArgs, RollbackArgs};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+use spindle_platform::admin::token;
 use spindle_platform::manifest::Manifest;
 use std::path::Path;
 
@@ -24,12 +26,23 @@ fn request(
     }
     let client = client.build().context("setting up the HTTP client")?;
     let mut req = client.request(method, url);
-    if let Ok(token) = std::env::var("SPINDLE_ADMIN_TOKEN")
-        && !token.is_empty()
-    {
+    if let Some(token) = token(admin)? {
         req = req.bearer_auth(token);
     }
     Ok(req)
+}
+
+/// `SPINDLE_ADMIN_TOKEN`, or else the token `spindle up` generated into its
+/// state directory; `None` when there is neither (the request goes out
+/// without one, so an unreachable host is reported as that, and a 401 then
+/// names the missing file).
+fn token(admin: &AdminArgs) -> Result<Option<String>> {
+    if let Ok(token) = std::env::var("SPINDLE_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        return Ok(Some(token));
+    }
+    Ok(token::read(&token::path(&admin.state_dir))?)
 }
 
 /// Sends `req`; returns the JSON body of a success, or an error carrying
@@ -65,7 +78,15 @@ async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> 
         .map(str::to_string)
         .unwrap_or_else(|| value.to_string());
     if status == reqwest::StatusCode::UNAUTHORIZED {
-        bail!("{message} (set SPINDLE_ADMIN_TOKEN to the host's token)");
+        if token(admin).ok().flatten().is_none() {
+            bail!(
+                "no admin token: SPINDLE_ADMIN_TOKEN is not set and {} does not exist; run this where `spindle up` runs, pass its --state-dir, or set SPINDLE_ADMIN_TOKEN to the token the host was started with",
+                token::path(&admin.state_dir).display()
+            );
+        }
+        bail!(
+            "{message} (set SPINDLE_ADMIN_TOKEN to the host's token, or pass the --state-dir of a host that generated its own)"
+        );
     }
     bail!("{message} ({status})")
 }

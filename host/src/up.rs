@@ -9,10 +9,12 @@ use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::mail::Mailer;
 use spindle_platform::capabilities::queue::Broker;
 use spindle_platform::capabilities::variables::AppVariables;
+use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
 use spindle_platform::runtime::cache::CacheOutcome;
 use spindle_platform::runtime_config::RuntimeConfig;
+use spindle_platform::trigger::http::body::MinRate;
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 
@@ -33,6 +35,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
     };
+    refuse_default_secrets(&args, &manifest, &runtime_config)?;
+    let hygiene = Hygiene::from_limits(&runtime_config.limits);
+    let min_body_rate = MinRate::from_limits(&runtime_config.limits);
     let convert_config = convert::ConvertConfig::from_section(runtime_config.convert.as_ref())
         .context("the runtime config")?;
     for trigger in &manifest.amqp_triggers {
@@ -118,6 +123,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         args.admin_listen,
         std::env::var("SPINDLE_ADMIN_TOKEN").ok(),
         admin_tls,
+        &args.state_dir,
     )
     .await?;
     let admin_url = format!("{}://{}", admin.scheme(), admin.local_addr()?);
@@ -173,18 +179,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     print_routes(&app, listen_addr, &admin_url);
 
+    let drain = std::time::Duration::from_secs(args.drain_timeout_secs);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let app = app.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            spindle_platform::admin::serve(admin, app, async move {
+            let stopped = async move {
                 let _ = stop.changed().await;
-            })
-            .await
+            };
+            spindle_platform::admin::serve(admin, app, hygiene, min_body_rate, stopped, drain).await
         })
     };
-    let drain = std::time::Duration::from_secs(args.drain_timeout_secs);
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
     let shutdown = {
         let app = app.clone();
@@ -205,7 +211,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = signalled.wait_for(|s| *s).await;
         stop_consumers(consumers, drain).await
     });
-    spindle_platform::trigger::http::serve(listener, app.clone(), shutdown, drain).await?;
+    spindle_platform::trigger::http::serve(listener, hygiene, app.clone(), shutdown, drain).await;
     match consumers_stopped.await {
         Ok(0) => {}
         Ok(late) => tracing::warn!(
@@ -218,6 +224,39 @@ pub async fn run(args: UpArgs) -> Result<()> {
     app.sql().close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On a `--listen` address beyond loopback, refuses to start while a
+/// `secret` variable sits on its manifest default (such as a development
+/// `jwt_secret`): checked before anything is served.
+fn refuse_default_secrets(
+    args: &UpArgs,
+    manifest: &Manifest,
+    runtime_config: &RuntimeConfig,
+) -> Result<()> {
+    if args.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let variables =
+        AppVariables::resolve(manifest, &args.variables, &runtime_config.variables, |k| {
+            std::env::var(k).ok()
+        })
+        .with_context(|| manifest.path.display().to_string())?;
+    let Some(first) = variables.secrets_on_default().first() else {
+        return Ok(());
+    };
+    let names = variables
+        .secrets_on_default()
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "refusing to serve on {} (beyond loopback) while secret variable(s) {names} keep their default from {}; set each one, e.g. SPIN_VARIABLE_{}=... in the environment, --variable {first}=..., or [variables] in the runtime config (or listen on 127.0.0.1 for local use)",
+        args.listen,
+        manifest.path.display(),
+        first.to_uppercase(),
+    )
 }
 
 /// Stops every consumer at once, letting running handlers finish for up

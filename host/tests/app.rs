@@ -398,7 +398,10 @@ async fn bad_input_is_refused_and_good_work_goes_on() {
         .await;
     assert_eq!(done["status"], "done", "{done}");
     let mp3_fid = done["mp3_fid"].as_str().unwrap();
-    let resp = reqwest::get(format!("{}/queues/video/dead-letters", spindle.admin))
+    let resp = reqwest::Client::new()
+        .get(format!("{}/queues/video/dead-letters", spindle.admin))
+        .bearer_auth(spindle.admin_token())
+        .send()
         .await
         .unwrap();
     let dead: Value = resp.json().await.unwrap();

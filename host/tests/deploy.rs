@@ -93,6 +93,8 @@ async fn deploy_with_env(s: &Spindle, wasm: &Path, env: &[(&str, &str)]) -> (boo
             wasm.display().to_string(),
             "--admin".into(),
             s.admin.clone(),
+            "--state-dir".into(),
+            s.state_dir.display().to_string(),
         ],
         env.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -108,6 +110,8 @@ async fn rollback(s: &Spindle) -> (bool, String, String) {
             "probe".into(),
             "--admin".into(),
             s.admin.clone(),
+            "--state-dir".into(),
+            s.state_dir.display().to_string(),
         ],
         vec![],
     )
@@ -168,6 +172,7 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     assert!(!ok && err.contains("spindle:queue/handler"), "{err}");
     let resp = c
         .put(format!("{}/components/nope", s.admin))
+        .bearer_auth(s.admin_token())
         .body(std::fs::read(&v2).unwrap())
         .send()
         .await
@@ -263,6 +268,8 @@ async fn hot_redeploy_swaps_without_failing_requests() {
             "--json".into(),
             "--admin".into(),
             s.admin.clone(),
+            "--state-dir".into(),
+            s.state_dir.display().to_string(),
         ],
         vec![],
     )
@@ -283,7 +290,13 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     assert_eq!(probe["routes"], serde_json::json!(["/..."]));
     assert_eq!(probe["queues"], serde_json::json!(["jobs"]));
     let (ok, out, _) = cli(
-        vec!["status".into(), "--admin".into(), s.admin.clone()],
+        vec![
+            "status".into(),
+            "--admin".into(),
+            s.admin.clone(),
+            "--state-dir".into(),
+            s.state_dir.display().to_string(),
+        ],
         vec![],
     )
     .await;

@@ -169,6 +169,7 @@ async fn wait_for_log(s: &Spindle, needle: &str) {
 async fn dead_letters(s: &Spindle, queue: &str) -> Vec<serde_json::Value> {
     let r = support::client()
         .get(format!("{}/queues/{queue}/dead-letters", s.admin))
+        .bearer_auth(s.admin_token())
         .send()
         .await
         .unwrap();

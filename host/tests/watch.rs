@@ -88,6 +88,7 @@ async fn current(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_jso
 async fn listing(c: &reqwest::Client, s: &Spindle, component: &str) -> serde_json::Value {
     let status: serde_json::Value = c
         .get(format!("{}/components", s.admin))
+        .bearer_auth(s.admin_token())
         .send()
         .await
         .unwrap()

@@ -8,11 +8,13 @@
 //! - [`capabilities`]: one module per capability (WIT, host side, backends).
 //! - [`app`]: a loaded application; [`deploy`]: hot redeploys of its
 //!   components; [`admin`] and [`metrics`]: operating it.
+//! - [`listener`]: the accept loop and connection limits both listeners share.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
 pub mod deploy;
+pub mod listener;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -61,8 +61,9 @@ pub struct Limits {
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
     /// Time a client has to send a request's complete header section,
-    /// counted from the connection's first byte or the previous response
-    /// (slowloris). The connection is closed after it.
+    /// counted from the connection's opening or, on a kept-alive
+    /// connection, from the next request's first byte (slowloris). The
+    /// connection is closed after it.
     pub header_read_timeout_secs: f64,
     /// How long a keep-alive connection may sit idle between requests.
     pub idle_timeout_secs: f64,
@@ -70,8 +71,9 @@ pub struct Limits {
     /// cap. `0` (the default) sizes it for the machine: half the process's
     /// open-file limit, at most 16384.
     pub max_connections: u32,
-    /// The slowest a request body may arrive, averaged over
-    /// `body_rate_grace_secs`; slower gets 408 and its instance is freed.
+    /// The slowest a request body may arrive, measured over each
+    /// `body_rate_grace_secs` spent waiting for the client; slower gets 408
+    /// and its instance is freed.
     pub min_body_rate_bytes_per_sec: u64,
     /// How long a request body may stay under `min_body_rate_bytes_per_sec`.
     pub body_rate_grace_secs: f64,

@@ -120,6 +120,8 @@ pub struct Spindle {
     child: Child,
     pub url: String,
     pub admin: String,
+    /// The SPINDLE_ADMIN_TOKEN it was started with, if any.
+    env_token: Option<String>,
     stderr: Arc<Mutex<String>>,
     pub state_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -171,16 +173,20 @@ impl<'a> UpOptions<'a> {
 
 fn up_command(opts: &UpOptions<'_>, state_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    cmd.arg("up")
-        .arg("--manifest")
-        .arg(opts.manifest)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--state-dir")
+    cmd.arg("up").arg("--manifest").arg(opts.manifest);
+    // Free loopback ports unless the test chose its own addresses.
+    for flag in ["--listen", "--admin-listen"] {
+        if !opts.args.iter().any(|a| a == flag) {
+            cmd.args([flag, "127.0.0.1:0"]);
+        }
+    }
+    cmd.arg("--state-dir")
         .arg(state_dir)
         .arg("--cache-dir")
         .arg(&opts.cache_dir)
         .args(&opts.args)
         .env("SPINDLE_LOG", "info")
+        .env_remove("SPINDLE_ADMIN_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -246,10 +252,17 @@ pub fn up(opts: UpOptions<'_>) -> Spindle {
             }
         }
     }
+    let env_token = opts
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SPINDLE_ADMIN_TOKEN")
+        .map(|(_, v)| v.clone());
     Spindle {
         child,
         url: url.unwrap(),
         admin: admin.unwrap(),
+        env_token,
         stderr,
         state_dir,
         _temp: temp,
@@ -282,6 +295,19 @@ impl Spindle {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The admin API's token: SPINDLE_ADMIN_TOKEN when the host was
+    /// started with one, else the one it generated into its state directory.
+    pub fn admin_token(&self) -> String {
+        if let Some(token) = self.env_token.as_ref().filter(|t| !t.is_empty()) {
+            return token.clone();
+        }
+        let path = self.state_dir.join("admin-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
     }
 
     pub fn stderr(&self) -> String {

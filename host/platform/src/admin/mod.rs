@@ -12,26 +12,44 @@
 //! - `POST /components/NAME/rollback`: back to the previous version (409
 //!   when there is none).
 //!
-//! Access: when a token is configured (`SPINDLE_ADMIN_TOKEN`), the deploy
-//! API and `/queues/*/dead-letters` need `Authorization: Bearer TOKEN`
-//! (compared in constant time; 401 otherwise, before anything is read or
-//! changed). `spindle up` refuses to listen beyond loopback without one.
-//! `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
+//! Access: the deploy API and `/queues/*/dead-letters` always need
+//! `Authorization: Bearer TOKEN` (compared in constant time; 401 otherwise,
+//! before anything is read or changed). The token is `SPINDLE_ADMIN_TOKEN`,
+//! or else one generated into `<state-dir>/admin-token` ([`token`]); beyond
+//! loopback `spindle up` needs `SPINDLE_ADMIN_TOKEN`, as a generated token
+//! is only readable on this machine. `/healthz`, `/readyz` and `/metrics`
+//! stay open for probes and scrapers.
+//!
+//! Browsers are kept out of every route, so a web page cannot reach the
+//! API through the user's browser (DNS rebinding, cross-site requests):
+//! a request with an `Origin` header gets 403, and one whose `Host` is
+//! neither the listen address nor a loopback name gets 421. On an
+//! unspecified listen address (`0.0.0.0`) any IP literal counts as the
+//! listen address (probes and scrapers use the pod's IP); over TLS any
+//! `Host` is accepted, as the certificate already binds the name.
+//!
 //! With a certificate ([`tls::acceptor`]) every route is served over TLS
-//! only.
+//! only. Connections have the limits of [`crate::listener`], and a deploy
+//! upload the minimum body rate (408 below it).
 
 pub mod tls;
+pub mod token;
 
 use crate::app::App;
 use crate::deploy::Action;
+use crate::listener::{Handler, Hygiene};
+use crate::trigger::http::body::{BodyTooSlow, MinRate, RateCheck};
 use crate::trigger::http::{host_response, json_error};
 use anyhow::Context;
 use bytes::Bytes;
 use http::StatusCode;
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -44,10 +62,7 @@ pub const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 pub const SOURCE_HEADER: &str = "spindle-source";
 
 /// Whether `request` carries `Authorization: Bearer <token>`.
-fn authorized(token: Option<&str>, request: &http::request::Parts) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
+fn authorized(token: &str, request: &http::request::Parts) -> bool {
     let presented = request
         .headers
         .get(http::header::AUTHORIZATION)
@@ -59,27 +74,75 @@ fn authorized(token: Option<&str>, request: &http::request::Parts) -> bool {
     bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
+/// Refuses what a browser sends: any `Origin` (403), and a `Host` that is
+/// not this listener (421). See the module docs.
+fn refuse_browsers(
+    admin: &AdminHandler,
+    request: &http::request::Parts,
+) -> Option<http::Response<WasiBody>> {
+    if request.headers.contains_key(http::header::ORIGIN) {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            "the admin API does not answer requests from web pages (the request has an Origin header); use the spindle CLI or curl",
+        ));
+    }
+    if admin.tls {
+        return None;
+    }
+    let host = request.headers.get(http::header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    });
+    match host {
+        // HTTP/1.0 clients send no Host; browsers always do.
+        None => None,
+        Some(Some(host)) if admin.host_allowed(host.host()) => None,
+        Some(_) => Some(json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "the admin API answers only for its listen address {} or a loopback name (localhost, 127.0.0.1); the request's Host header names something else",
+                admin.local
+            ),
+        )),
+    }
+}
+
 async fn route(
-    app: &App,
-    token: Option<&str>,
+    admin: &AdminHandler,
     request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<WasiBody> {
+    let app = &*admin.app;
     let (parts, body) = request.into_parts();
+    let body = SlowBodyGuard::new(body, admin.min_rate);
+    if let Some(refusal) = refuse_browsers(admin, &parts) {
+        discard(body).await;
+        return refusal;
+    }
     let path = parts.uri.path().to_string();
     let protected = path.starts_with("/components") || path.starts_with("/queues/");
-    if protected && !authorized(token, &parts) {
+    if protected && !authorized(&admin.token, &parts) {
         // Read (and drop) what the client sends, up to the deploy limit, so
         // it gets this answer rather than a connection reset mid-upload.
         discard(body).await;
         return json_error(
             StatusCode::UNAUTHORIZED,
-            "this admin endpoint needs `Authorization: Bearer $SPINDLE_ADMIN_TOKEN` (the token spindle up was started with)",
+            "this admin endpoint needs `Authorization: Bearer TOKEN`: the SPINDLE_ADMIN_TOKEN spindle up was started with, or else the token in its <state-dir>/admin-token (the spindle CLI reads either)",
         );
     }
-    if path == "/components" || path.starts_with("/components/") {
-        return components(app, &parts, body, &path["/components".len()..]).await;
+    if let Some(rest) = path.strip_prefix("/components")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        return components(app, &parts, body, rest).await;
     }
     let path = path.as_str();
+    if let Some(queue) = path
+        .strip_prefix("/queues/")
+        .and_then(|p| p.strip_suffix("/dead-letters"))
+        .filter(|q| !q.is_empty() && !q.contains('/'))
+    {
+        return dead_letters(app, queue).await;
+    }
     match path {
         "/healthz" => host_response(
             StatusCode::OK,
@@ -103,10 +166,6 @@ async fn route(
                 &format!("not ready: {e:#}"),
             ),
         },
-        p if p.starts_with("/queues/") && p.ends_with("/dead-letters") => {
-            let queue = &p["/queues/".len()..p.len() - "/dead-letters".len()];
-            dead_letters(app, queue).await
-        }
         "/metrics" => host_response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -125,7 +184,7 @@ async fn route(
 async fn components(
     app: &App,
     parts: &http::request::Parts,
-    body: hyper::body::Incoming,
+    body: SlowBodyGuard,
     rest: &str,
 ) -> http::Response<WasiBody> {
     let json = |status, value: serde_json::Value| {
@@ -167,7 +226,7 @@ async fn components(
     }
 }
 
-async fn discard(mut body: hyper::body::Incoming) {
+async fn discard(mut body: SlowBodyGuard) {
     let mut seen = 0;
     while seen <= MAX_COMPONENT_BYTES {
         match body.frame().await {
@@ -179,7 +238,7 @@ async fn discard(mut body: hyper::body::Incoming) {
 
 async fn read_component(
     parts: &http::request::Parts,
-    body: hyper::body::Incoming,
+    body: SlowBodyGuard,
 ) -> Result<Bytes, http::Response<WasiBody>> {
     let too_large = || {
         json_error(
@@ -201,10 +260,71 @@ async fn read_component(
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(json_error(
-            StatusCode::BAD_REQUEST,
-            &format!("reading the component failed: {e}"),
-        )),
+        Err(e) => match e.downcast_ref::<ReadError>() {
+            Some(ReadError::TooSlow(slow)) => {
+                let mut response = json_error(StatusCode::REQUEST_TIMEOUT, &slow.to_string());
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                Err(response)
+            }
+            _ => Err(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the component failed: {e}"),
+            )),
+        },
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    TooSlow(#[from] BodyTooSlow),
+}
+
+/// A request body held to the minimum rate (`[limits]`
+/// `min_body_rate_bytes_per_sec`), so a trickled deploy cannot hold a
+/// connection open indefinitely.
+struct SlowBodyGuard {
+    inner: hyper::body::Incoming,
+    rate: RateCheck,
+}
+
+impl SlowBodyGuard {
+    fn new(inner: hyper::body::Incoming, floor: MinRate) -> Self {
+        SlowBodyGuard {
+            inner,
+            rate: RateCheck::new(floor),
+        }
+    }
+}
+
+impl Body for SlowBodyGuard {
+    type Data = Bytes;
+    type Error = ReadError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Err(slow) = this.rate.observe(cx, &polled) {
+            return Poll::Ready(Some(Err(slow.into())));
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(ReadError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -238,38 +358,40 @@ async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
     }
 }
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The admin listener's socket, the token its deploy API requires, and its
 /// TLS setup when it has one.
 pub struct AdminListener {
     listener: TcpListener,
-    token: Option<Arc<str>>,
+    token: Arc<str>,
     tls: Option<TlsAcceptor>,
 }
 
 impl AdminListener {
-    /// Binds `addr`. An address beyond loopback needs a token (an empty
-    /// one counts as none): anyone who can reach the deploy API can run
-    /// code on the host.
+    /// Binds `addr`. The token is `env_token` (`SPINDLE_ADMIN_TOKEN`; an
+    /// empty one counts as none), or else the one in
+    /// `<state_dir>/admin-token`, generated if missing. An address beyond
+    /// loopback needs `env_token`: anyone who can reach the deploy API can
+    /// run code on the host, and remote clients cannot read the file.
     pub async fn bind(
         addr: SocketAddr,
-        token: Option<String>,
+        env_token: Option<String>,
         tls: Option<TlsAcceptor>,
+        state_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let token = token.filter(|t| !t.is_empty());
-        if !addr.ip().is_loopback() && token.is_none() {
-            anyhow::bail!(
+        let env_token = env_token.filter(|t| !t.is_empty());
+        let token = match env_token {
+            Some(token) => token,
+            None if !addr.ip().is_loopback() => anyhow::bail!(
                 "the admin API would listen on {addr}, beyond loopback, without a token; set SPINDLE_ADMIN_TOKEN (clients send it as `Authorization: Bearer ...`) or use --admin-listen 127.0.0.1:PORT"
-            );
-        }
+            ),
+            None => token::load_or_create(state_dir)?,
+        };
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for the admin API; pick another --admin-listen")
         })?;
         Ok(AdminListener {
             listener,
-            token: token.map(Into::into),
+            token: token.into(),
             tls,
         })
     }
@@ -284,54 +406,74 @@ impl AdminListener {
     }
 }
 
-/// Serves the admin API until `shutdown`; with a token, the deploy API and
-/// dead letters need it (see the module docs).
+/// What the admin routes share.
+struct AdminHandler {
+    app: Arc<App>,
+    token: Arc<str>,
+    /// The listener's own address, for the `Host` check.
+    local: SocketAddr,
+    tls: bool,
+    min_rate: MinRate,
+}
+
+impl AdminHandler {
+    /// Whether `host` (from a `Host` header) names this listener: a loopback
+    /// name or address, the listen address, or on an unspecified listen
+    /// address any IP literal.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        if name.eq_ignore_ascii_case("localhost")
+            || name.to_ascii_lowercase().ends_with(".localhost")
+        {
+            return true;
+        }
+        let Ok(ip) = name.parse::<IpAddr>() else {
+            return false;
+        };
+        ip.is_loopback() || ip == self.local.ip() || self.local.ip().is_unspecified()
+    }
+}
+
+impl Handler for AdminHandler {
+    async fn handle(
+        self: Arc<Self>,
+        request: http::Request<hyper::body::Incoming>,
+        _client: SocketAddr,
+    ) -> http::Response<WasiBody> {
+        route(&self, request).await
+    }
+}
+
+/// Serves the admin API until `shutdown` (see the module docs), then lets
+/// open requests finish for up to `drain`.
 pub async fn serve(
     admin: AdminListener,
     app: Arc<App>,
+    hygiene: Hygiene,
+    min_rate: MinRate,
     shutdown: impl Future<Output = ()>,
+    drain: std::time::Duration,
 ) -> anyhow::Result<()> {
     let AdminListener {
         listener,
         token,
         tls,
     } = admin;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("admin accept failed: {e}");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let app = app.clone();
-        let token = token.clone();
-        let service =
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                let token = token.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(route(&app, token.as_deref(), req).await)
-                }
-            });
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new();
-            let Some(tls) = tls else {
-                let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                return;
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
-            }
-        });
-    }
+    let handler = AdminHandler {
+        app,
+        token,
+        local: listener
+            .local_addr()
+            .context("the admin listener's address")?,
+        tls: tls.is_some(),
+        min_rate,
+    };
+    let listener = crate::listener::Listener {
+        socket: listener,
+        hygiene,
+        tls,
+        name: "admin listener",
+    };
+    crate::listener::serve(listener, Arc::new(handler), shutdown, drain).await;
+    Ok(())
 }

@@ -30,6 +30,10 @@ pub struct Invocation {
     budget_exhausted: AtomicBool,
     /// The component slot this invocation occupies; freed with it.
     admitted: Mutex<Option<Slot>>,
+    /// The request body fell below the minimum rate; the invocation ended.
+    body_stalled: AtomicBool,
+    /// Wakes [`Invocation::until_expired`] when the deadline is cut short.
+    cut_short: tokio::sync::Notify,
 }
 
 impl Invocation {
@@ -41,12 +45,17 @@ impl Invocation {
             memory_exceeded: AtomicBool::new(false),
             budget_exhausted: AtomicBool::new(false),
             admitted: Mutex::new(None),
+            body_stalled: AtomicBool::new(false),
+            cut_short: tokio::sync::Notify::new(),
         }
     }
 
     /// Lets guest code run until at least `from_now` from now (e.g. while a
     /// body streams); never shortens the deadline.
     pub fn extend(&self, from_now: Duration) {
+        if self.body_stalled() {
+            return;
+        }
         let at = self.started.elapsed() + from_now;
         self.deadline_ms
             .fetch_max(at.as_millis() as u64, Ordering::Relaxed);
@@ -60,8 +69,23 @@ impl Invocation {
     /// Resolves once the deadline has passed, following extensions.
     pub async fn until_expired(self: Arc<Self>) {
         while !self.expired() {
-            tokio::time::sleep_until(self.deadline().into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(self.deadline().into()) => {}
+                () = self.cut_short.notified() => {}
+            }
         }
+    }
+
+    /// Ends the invocation now because its request body arrived below the
+    /// minimum rate: the instance is dropped and the caller answers 408.
+    pub fn stall_body(&self) {
+        self.body_stalled.store(true, Ordering::Relaxed);
+        self.deadline_ms.store(0, Ordering::Relaxed);
+        self.cut_short.notify_one();
+    }
+
+    pub fn body_stalled(&self) -> bool {
+        self.body_stalled.load(Ordering::Relaxed)
     }
 
     fn expired(&self) -> bool {

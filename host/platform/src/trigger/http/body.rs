@@ -1,6 +1,7 @@
 //! Request-body wrappers: upload time counts as progress, not as a slow
-//! component, and a body the component left unread is drained so the
-//! client receives the response instead of a reset connection.
+//! component; a body slower than the minimum rate ends its invocation
+//! (408); and a body the component left unread is drained so the client
+//! receives the response instead of a reset connection.
 
 use crate::runtime::instance::Invocation;
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// Unread request bytes the host reads and discards after a response.
@@ -18,13 +19,124 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// How long the host keeps draining before it closes the connection.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
+/// The slowest a request body may arrive (`[limits]`
+/// `min_body_rate_bytes_per_sec` over `body_rate_grace_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub grace: Duration,
+}
+
+impl MinRate {
+    pub fn from_limits(limits: &crate::runtime_config::Limits) -> Self {
+        MinRate {
+            bytes_per_sec: limits.min_body_rate_bytes_per_sec,
+            grace: Duration::from_secs_f64(limits.body_rate_grace_secs),
+        }
+    }
+
+    /// Bytes a grace period must bring.
+    fn per_window(&self) -> u64 {
+        (self.bytes_per_sec as f64 * self.grace.as_secs_f64()) as u64
+    }
+}
+
+/// Measures a body against its [`MinRate`]. Only time spent waiting for
+/// the client counts: while the reader is busy elsewhere (a component
+/// querying its database before it reads on) the client is not to blame.
+/// Every `grace` of waiting must have brought `rate × grace` bytes.
+pub struct RateCheck {
+    floor: MinRate,
+    /// Waiting time and bytes of the current window.
+    waited: Duration,
+    bytes: u64,
+    /// Since when the reader has been waiting, if it is.
+    waiting_since: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl RateCheck {
+    pub fn new(floor: MinRate) -> Self {
+        RateCheck {
+            floor,
+            waited: Duration::ZERO,
+            bytes: 0,
+            waiting_since: None,
+            timer: Box::pin(tokio::time::sleep(floor.grace)),
+        }
+    }
+
+    /// Follows one poll of the body; `Err` once it is too slow.
+    pub fn observe<E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
+    ) -> Result<(), BodyTooSlow> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = self.waiting_since.take() {
+                    self.waited += since.elapsed();
+                }
+                self.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.end_window(Instant::now())
+            }
+            Poll::Pending => self.waiting(cx),
+            Poll::Ready(_) => Ok(()),
+        }
+    }
+
+    /// The reader waits for the client: arm the timer for the end of the
+    /// window.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Result<(), BodyTooSlow> {
+        loop {
+            let now = Instant::now();
+            let since = *self.waiting_since.get_or_insert(now);
+            let left = self.floor.grace.saturating_sub(self.waited);
+            self.timer.as_mut().reset((since + left).into());
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            self.end_window(Instant::now())?;
+        }
+    }
+
+    /// At the end of a window, the body must have kept up; a new window
+    /// starts.
+    fn end_window(&mut self, now: Instant) -> Result<(), BodyTooSlow> {
+        let current = self.waiting_since.map_or(Duration::ZERO, |s| now - s);
+        if self.waited + current < self.floor.grace {
+            return Ok(());
+        }
+        if self.bytes < self.floor.per_window() {
+            return Err(BodyTooSlow(self.floor));
+        }
+        self.waited = Duration::ZERO;
+        self.bytes = 0;
+        self.waiting_since = self.waiting_since.map(|_| now);
+        Ok(())
+    }
+}
+
+/// A request body that arrived below the minimum rate.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the request body arrived slower than {} bytes/s for {:?}; send it at a steady rate",
+    .0.bytes_per_sec,
+    .0.grace
+)]
+pub struct BodyTooSlow(pub MinRate);
+
 /// Moves the invocation's deadline to `timeout` from now whenever request
 /// data arrives, so an upload that keeps moving may take as long as it
-/// needs while a stalled one (or a slow guest) still times out.
+/// needs while a stalled one (or a slow guest) still times out. A body
+/// below the minimum rate ends the invocation, freeing its instance, and
+/// the caller answers 408 ([`Invocation::body_stalled`]).
 pub struct Progress {
     inner: WasiBody,
     invocation: Arc<OnceLock<Arc<Invocation>>>,
     timeout: Duration,
+    rate: RateCheck,
+    stalled: bool,
 }
 
 impl Progress {
@@ -32,11 +144,14 @@ impl Progress {
         inner: WasiBody,
         invocation: Arc<OnceLock<Arc<Invocation>>>,
         timeout: Duration,
+        floor: MinRate,
     ) -> Self {
         Progress {
             inner,
             invocation,
             timeout,
+            rate: RateCheck::new(floor),
+            stalled: false,
         }
     }
 }
@@ -49,17 +164,28 @@ impl Body for Progress {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        if self.stalled {
+            return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled
             && let Some(invocation) = self.invocation.get()
         {
             invocation.extend(self.timeout);
         }
+        if let Err(slow) = self.rate.observe(cx, &polled) {
+            tracing::debug!("{slow}");
+            self.stalled = true;
+            if let Some(invocation) = self.invocation.get() {
+                invocation.stall_body();
+            }
+            return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        !self.stalled && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -36,12 +36,15 @@ pub enum InvokeError {
     Trap { component: String, reason: String },
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    BodyTooSlow(super::body::BodyTooSlow),
 }
 
 impl InvokeError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             InvokeError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BodyTooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
             InvokeError::Instantiation { .. } | InvokeError::Overloaded(_) => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
@@ -67,6 +70,13 @@ impl InvokeError {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, secs.into());
+        }
+        // The rest of a stalled body is not worth waiting for.
+        if matches!(self, InvokeError::BodyTooSlow(_)) {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         response
     }
@@ -116,8 +126,10 @@ impl HttpComponent {
         let admitted = self.gate.admit().await?;
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
         let timeout = self.limits.request_timeout();
-        let request = request
-            .map(|body| super::body::Progress::new(body, slot.clone(), timeout).boxed_unsync());
+        let floor = super::body::MinRate::from_limits(&self.limits);
+        let request = request.map(|body| {
+            super::body::Progress::new(body, slot.clone(), timeout, floor).boxed_unsync()
+        });
         let result = self.handler.handle(slot.clone(), request).await;
         let invocation = slot.get();
         // The instance lives on while its response body streams; the slot
@@ -126,6 +138,10 @@ impl HttpComponent {
             invocation.hold(admitted);
         }
         match result {
+            // The component may have answered the body's error itself.
+            Ok(_) if invocation.is_some_and(|i| i.body_stalled()) => {
+                Err(InvokeError::BodyTooSlow(super::body::BodyTooSlow(floor)))
+            }
             Ok(response) => {
                 // The response exists; its body may now stream for longer.
                 if let Some(invocation) = invocation {
@@ -139,6 +155,11 @@ impl HttpComponent {
 
     fn classify(&self, e: wasmtime::Error, invocation: Option<&Invocation>) -> InvokeError {
         let component = self.id.to_string();
+        if invocation.is_some_and(Invocation::body_stalled) {
+            return InvokeError::BodyTooSlow(super::body::BodyTooSlow(
+                super::body::MinRate::from_limits(&self.limits),
+            ));
+        }
         if invocation.is_some_and(Invocation::timed_out) || e.is::<ExpirationError>() {
             return InvokeError::Timeout {
                 component,

@@ -6,11 +6,11 @@ pub mod handler;
 pub mod router;
 
 use crate::app::App;
+use crate::listener::{Handler, Hygiene};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,55 +45,36 @@ pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody>
     host_response(status, "application/json", body)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops
-/// accepting and lets open connections finish their current requests for
-/// up to `drain` (idle keep-alive connections close at once).
+/// Serves the application on `listener` (see [`crate::listener`] for its
+/// connection limits) until `shutdown` resolves, then stops accepting and
+/// lets open connections finish their current requests for up to `drain`.
 pub async fn serve(
     listener: TcpListener,
+    hygiene: Hygiene,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
     drain: std::time::Duration,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, req, client).await) }
-        });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.max_buf_size(256 * 1024);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%client, "connection ended: {e}");
-            }
-        });
+) {
+    let listener = crate::listener::Listener {
+        socket: listener,
+        hygiene,
+        tls: None,
+        name: "app listener",
+    };
+    crate::listener::serve(listener, Arc::new(AppHandler(app)), shutdown, drain).await;
+}
+
+/// Routes each request to its component.
+struct AppHandler(Arc<App>);
+
+impl Handler for AppHandler {
+    fn handle(
+        self: Arc<Self>,
+        request: http::Request<Incoming>,
+        client: SocketAddr,
+    ) -> impl Future<Output = http::Response<WasiBody>> + Send + 'static {
+        handle(self.0.clone(), request, client)
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests still running after {}s; closing their connections",
-            drain.as_secs()
-        );
-    }
-    Ok(())
 }
 
 async fn handle(
