@@ -19,6 +19,8 @@
 //! body has its minimum rate ([`crate::trigger::http::body`]) and the
 //! component its own deadlines.
 
+mod parse_errors;
+
 use crate::runtime_config::Limits;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -247,6 +249,7 @@ async fn http1<IO, H>(
     H: Handler,
 {
     let activity = activity.clone();
+    let serving = activity.clone();
     let service = hyper::service::service_fn(move |request| {
         activity.request_started();
         let handler = handler.clone();
@@ -264,6 +267,7 @@ async fn http1<IO, H>(
     builder
         .max_buf_size(MAX_BUF_BYTES)
         .header_read_timeout(None);
+    let io = parse_errors::JsonParseErrors::new(io, move || serving.serving());
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
     if let Err(e) = conn.await {
         tracing::debug!(%client, "connection ended: {e}");
@@ -303,6 +307,11 @@ impl Activity {
 
     fn phase(&self) -> Phase {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a request is being served (its answer is the service's).
+    fn serving(&self) -> bool {
+        matches!(self.phase(), Phase::Busy(_))
     }
 
     /// Bytes arrived: on an idle connection, a new request has begun.
