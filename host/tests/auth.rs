@@ -8,7 +8,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Sha256, Sha512};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{Spindle, UpOptions, expect_json_error, up};
 
 const SECRET: &str = "test-secret-for-auth-tests";
@@ -327,15 +327,8 @@ async fn auth_on_mariadb() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn variables_switch_signup_admin_and_ttl() {
-    let (s, _rc) = start(
-        None,
-        &[
-            "signup_enabled=false",
-            "jwt_ttl_seconds=120",
-            "admin_emails=boss@example.com",
-        ],
-    );
+async fn variables_switch_signup_and_ttl_and_admins_are_granted_by_the_operator() {
+    let (s, _rc) = start(None, &["signup_enabled=false", "jwt_ttl_seconds=120"]);
     let api = Api {
         s: &s,
         c: support::client(),
@@ -344,10 +337,7 @@ async fn variables_switch_signup_admin_and_ttl() {
     assert!(msg.contains("disabled"), "{msg}");
     drop(s);
 
-    let (s, _rc) = start(
-        None,
-        &["jwt_ttl_seconds=120", "admin_emails=boss@example.com"],
-    );
+    let (s, _rc) = start(None, &["jwt_ttl_seconds=120"]);
     let api = Api {
         s: &s,
         c: support::client(),
@@ -357,17 +347,44 @@ async fn variables_switch_signup_admin_and_ttl() {
         201
     );
     let token = api.token("boss@example.com", "long enough").await;
-    let claims: Value = api
-        .validate(Some(&format!("Bearer {token}")))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(claims["admin"], true);
+    let claims = |token: String| {
+        let api = &api;
+        async move {
+            api.validate(Some(&format!("Bearer {token}")))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = claims(token.clone()).await;
     assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        first["admin"], false,
+        "an address chosen at signup grants nothing"
+    );
+    assert_eq!(
+        first["exp"].as_u64().unwrap() - first["iat"].as_u64().unwrap(),
         120
     );
+
+    // The operator grants admin rights in the database, as the README shows.
+    let db = rusqlite::Connection::open(s.state_dir.join("sql").join("default.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO admin (email) VALUES (?1)",
+        ["boss@example.com"],
+    )
+    .unwrap();
+    assert_eq!(
+        claims(token.clone()).await["admin"],
+        true,
+        "the current grant"
+    );
+    let fresh = api.token("boss@example.com", "long enough").await;
+    assert_eq!(claims(fresh.clone()).await["admin"], true);
+    db.execute("DELETE FROM admin WHERE email = ?1", ["boss@example.com"])
+        .unwrap();
+    assert_eq!(claims(fresh).await["admin"], false, "revoked at once");
     // The secret was given, so no default-secret warning.
     assert!(
         !s.stderr().contains("using its manifest default"),

@@ -48,17 +48,6 @@ pub async fn signup_enabled() -> Result<bool, ApiError> {
     }
 }
 
-/// Whether `email` is listed in the comma-separated `admin_emails` variable.
-///
-/// The match is exact (after trimming the list entries): accounts are unique
-/// by exact email, so a case-insensitive match would grant admin rights to a
-/// differently-cased account that someone else registered.
-pub async fn is_admin(email: &str) -> Result<bool, ApiError> {
-    Ok(optional("admin_emails")
-        .await?
-        .is_some_and(|list| list.split(',').any(|entry| entry.trim() == email)))
-}
-
 /// How many failed logins are allowed within a window, per account and per
 /// client address (see `throttle.rs`).
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,8 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Whether the account is listed in the `admin_emails` variable.
+    /// Whether an operator has granted the account admin rights (the
+    /// `admin` table); `/validate` answers with the current grant.
     pub admin: bool,
 }
 

@@ -203,7 +203,7 @@ async fn login(req: Request) -> Result<HttpResponse, ApiError> {
 
     let claims = jwt::Claims::new(
         email.to_owned(),
-        config::is_admin(email).await?,
+        store.is_admin(email).await?,
         now_seconds()?,
         config::jwt_ttl_seconds().await?,
     );
@@ -234,9 +234,9 @@ async fn verify_login<'e>(
 }
 
 /// The client's IP (without port) from the `spin-client-addr` header the
-/// host sets on every outside request and the gateway passes on with
-/// `/login`. Absent only for an in-app caller that did not pass it on; the
-/// account limit still applies then.
+/// host sets on every outside request (`/login` and `/signup` are routed to
+/// auth directly). Absent only for an in-app caller that did not pass it
+/// on; the account limit still applies then.
 fn client_address(req: &Request) -> Option<String> {
     throttle::client_ip(
         req.headers()
@@ -249,8 +249,11 @@ async fn validate(req: Request) -> Result<HttpResponse, ApiError> {
     let token = http_util::bearer_token(req.headers())
         .map_err(|e| ApiError::unauthorized(BEARER_CHALLENGE, e.to_string()))?;
     let secret = config::jwt_secret().await?;
-    let claims = jwt::verify(token, &secret)
+    let mut claims = jwt::verify(token, &secret)
         .map_err(|e| ApiError::unauthorized(BEARER_CHALLENGE, e.to_string()))?;
+    // Admin rights are what the operator grants now, not what they were
+    // when the token was issued.
+    claims.admin = UserStore::open().await?.is_admin(&claims.username).await?;
     Ok(http_util::json(StatusCode::OK, &claims))
 }
 

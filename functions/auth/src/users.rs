@@ -13,6 +13,11 @@ const DATABASE: &str = "default";
 /// `UNIQUE` constraint is what finally settles two concurrent signups.
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS user (id INTEGER PRIMARY KEY AUTO_INCREMENT, email VARCHAR(255) NOT NULL UNIQUE, password VARCHAR(255) NOT NULL)";
 const SELECT_PASSWORD: &str = "SELECT password FROM user WHERE email = ?";
+/// Accounts an operator made admins (see the README). Rights never come
+/// from the address someone signs up with.
+const CREATE_ADMIN_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS admin (email VARCHAR(255) NOT NULL PRIMARY KEY)";
+const SELECT_ADMIN: &str = "SELECT email FROM admin WHERE email = ?";
 const INSERT_USER: &str = "INSERT INTO user (email, password) VALUES (?, ?)";
 
 /// A storage failure, phrased for the operator who has to fix it.
@@ -48,6 +53,12 @@ impl UserStore {
                 action: "creating the user table",
                 detail: e.to_string(),
             })?;
+        conn.execute(CREATE_ADMIN_TABLE, Vec::new())
+            .await
+            .map_err(|e| StoreError::Query {
+                action: "creating the admin table",
+                detail: e.to_string(),
+            })?;
         Ok(Self { conn })
     }
 
@@ -74,6 +85,23 @@ impl UserStore {
             None => Ok(None),
             Some(row) => password_column(row).map(Some).map_err(failed),
         }
+    }
+
+    /// Whether an operator has made `email` an admin.
+    pub async fn is_admin(&self, email: &str) -> Result<bool, StoreError> {
+        let failed = |detail: String| StoreError::Query {
+            action: "looking up admin rights",
+            detail,
+        };
+        let rows = self
+            .conn
+            .query(SELECT_ADMIN, vec![email.to_owned().into()])
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(!rows.is_empty())
     }
 
     /// Inserts a new account. A unique-key violation means another signup
