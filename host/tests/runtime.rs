@@ -621,7 +621,10 @@ fn futures_util_stream(
         if i > 0 {
             tokio::time::sleep(wait).await;
         }
-        Ok(vec![b'x'; 4096])
+        // The first chunk is larger than what the host reads ahead, so the
+        // component is already reading when the rest trickles or stalls.
+        let size = if i == 0 { 96 * 1024 } else { 4096 };
+        Ok(vec![b'x'; size])
     })
 }
 

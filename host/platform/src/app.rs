@@ -223,7 +223,7 @@ pub struct App {
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work finishes.
     draining: std::sync::atomic::AtomicBool,
     // Dropped last: instances must be gone before the engine's ticker stops.
-    _runtime: Runtime,
+    runtime: Runtime,
 }
 
 impl App {
@@ -367,7 +367,7 @@ impl App {
             mailer,
             listen_addr,
             draining: std::sync::atomic::AtomicBool::new(false),
-            _runtime: runtime,
+            runtime,
         });
         let weak: Weak<dyn InternalDispatch> = Arc::downgrade(&app) as Weak<dyn InternalDispatch>;
         let _ = internal.set(weak);
@@ -376,6 +376,11 @@ impl App {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The `[limits]` every invocation runs under.
+    pub fn limits(&self) -> &crate::runtime_config::Limits {
+        self.runtime.limits()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -245,17 +245,25 @@ async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     }
 }
 
-/// Sends `request` (method and path) with a body of `len` bytes that
-/// comes `chunk` bytes at a time every `every`; returns the answer's
-/// status and body.
-async fn trickle(
-    addr: &str,
-    request: &str,
+/// How a body is sent: `burst` bytes at once, then `chunk` bytes every
+/// `every`, `len` in all.
+#[derive(Clone, Copy)]
+struct Pace {
     len: usize,
+    burst: usize,
     chunk: usize,
     every: Duration,
-    extra_headers: &str,
-) -> (u16, String) {
+}
+
+/// Sends `request` (method and path) with a body paced by `pace`; returns
+/// the answer's status and body.
+async fn trickle(addr: &str, request: &str, pace: Pace, extra_headers: &str) -> (u16, String) {
+    let Pace {
+        len,
+        burst,
+        chunk,
+        every,
+    } = pace;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "{request} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\n{extra_headers}\r\n"
@@ -263,7 +271,10 @@ async fn trickle(
     stream.write_all(head.as_bytes()).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let writing = tokio::spawn(async move {
-        let mut sent = 0;
+        let mut sent = burst.min(len);
+        if writer.write_all(&vec![b' '; sent]).await.is_err() {
+            return;
+        }
         while sent < len {
             let n = chunk.min(len - sent);
             if writer.write_all(&vec![b' '; n]).await.is_err() {
@@ -317,56 +328,81 @@ fn complete(answer: &[u8]) -> bool {
     length.is_some_and(|n| body.len() >= n)
 }
 
+/// A trickled answer must be a 408 naming the floor.
+fn expect_too_slow(status: u16, body: &str) {
+    assert_eq!(status, 408, "{body}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("1024 bytes/s"), "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trickled_body_gets_408_and_frees_its_instance() {
-    // Two instances in all: both trickles hold one each until they are cut.
-    let (s, _dir, _rc) =
-        start("max_instances = 2\nmin_body_rate_bytes_per_sec = 1024\nbody_rate_grace_secs = 2\n");
+async fn trickled_bodies_get_408_and_never_keep_a_slot() {
+    // One slot for the component: whoever holds it blocks everyone else.
+    let (s, _dir, _rc) = start(
+        "min_body_rate_bytes_per_sec = 1024
+body_rate_grace_secs = 2
+queue_timeout_secs = 0.5
+         [limits.components.testbed]
+max_concurrency = 1
+",
+    );
+    let c = fresh_client();
+    let slow = |burst| Pace {
+        len: burst + 1000,
+        burst,
+        chunk: 1,
+        every: Duration::from_millis(500),
+    };
+
+    // Small bodies are read ahead before any slot is taken: trickling them
+    // holds nothing, and the component keeps serving.
     let started = Instant::now();
     let trickles: Vec<_> = (0..2)
         .map(|_| {
             let addr = addr(&s);
-            tokio::spawn(async move {
-                trickle(
-                    &addr,
-                    "POST /publish/jobs",
-                    100,
-                    1,
-                    Duration::from_millis(500),
-                    "",
-                )
-                .await
-            })
+            tokio::spawn(async move { trickle(&addr, "POST /publish/jobs", slow(0), "").await })
         })
         .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(honest(&c, &s).await, 200, "the only slot is free meanwhile");
     for t in trickles {
         let (status, body) = t.await.unwrap();
-        assert_eq!(status, 408, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let msg = v["error"].as_str().unwrap();
-        assert!(msg.contains("1024 bytes/s"), "{msg}");
+        expect_too_slow(status, &body);
     }
     let cut_after = started.elapsed();
     assert!(cut_after >= Duration::from_secs(2), "{cut_after:?}");
 
-    // Both instances are free again: two requests at once are served.
-    let c = fresh_client();
+    // A large body reaches the component, which reads it as it comes; once
+    // it trickles below the floor the invocation ends and the slot is free.
+    let big = {
+        let addr = addr(&s);
+        tokio::spawn(async move { trickle(&addr, "POST /publish/jobs", slow(96 * 1024), "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        honest(&c, &s).await,
+        503,
+        "the component's one slot is reading the body"
+    );
+    let (status, body) = big.await.unwrap();
+    expect_too_slow(status, &body);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let (a, b) = tokio::join!(honest(&c, &s), honest(&c, &s));
-        if (a, b) == (200, 200) {
+        let status = honest(&c, &s).await;
+        if status == 200 {
             break;
         }
         assert!(
-            Instant::now() < deadline && a != 0 && b != 0,
-            "the trickled requests' instances were not freed: {a} {b}"
+            Instant::now() < deadline && status != 0,
+            "the trickled request's slot was not freed: {status}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "trickled bodies answered 408 after {cut_after:?}; both instances free on attempt {attempts}"
+        "small trickles answered 408 after {cut_after:?} holding no slot; the large one's slot was free on attempt {attempts}"
     );
 }
 
@@ -375,15 +411,13 @@ async fn a_body_at_a_steady_rate_may_take_longer_than_the_grace_period() {
     let (s, _dir, _rc) = start("min_body_rate_bytes_per_sec = 1024\nbody_rate_grace_secs = 1\n");
     // 16 KiB at 4 KiB/s: four times the floor, for four grace periods.
     let started = Instant::now();
-    let (status, body) = trickle(
-        &addr(&s),
-        "POST /publish/jobs",
-        16 * 1024,
-        512,
-        Duration::from_millis(125),
-        "",
-    )
-    .await;
+    let pace = Pace {
+        len: 16 * 1024,
+        burst: 0,
+        chunk: 512,
+        every: Duration::from_millis(125),
+    };
+    let (status, body) = trickle(&addr(&s), "POST /publish/jobs", pace, "").await;
     let took = started.elapsed();
     assert_eq!(status, 202, "{body}");
     assert!(took > Duration::from_secs(2), "{took:?}");
@@ -395,15 +429,13 @@ async fn a_trickled_deploy_on_the_admin_listener_gets_408() {
     let (s, _dir, _rc) = start("min_body_rate_bytes_per_sec = 1024\nbody_rate_grace_secs = 1\n");
     let admin = s.admin.trim_start_matches("http://").to_string();
     let auth = format!("Authorization: Bearer {}\r\n", s.admin_token());
-    let (status, body) = trickle(
-        &admin,
-        "PUT /components/testbed",
-        100,
-        1,
-        Duration::from_millis(400),
-        &auth,
-    )
-    .await;
+    let pace = Pace {
+        len: 100,
+        burst: 0,
+        chunk: 1,
+        every: Duration::from_millis(400),
+    };
+    let (status, body) = trickle(&admin, "PUT /components/testbed", pace, &auth).await;
     assert_eq!(status, 408, "{body}");
     assert!(body.contains("\"error\""), "{body}");
     let c = support::client();

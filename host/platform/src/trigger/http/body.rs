@@ -193,10 +193,27 @@ impl Body for Progress {
     }
 }
 
-/// The incoming body; if dropped before its end (a component answered
-/// without reading it all, e.g. a 413), the rest is read and discarded in
-/// the background, up to [`DRAIN_LIMIT`] bytes or [`DRAIN_TIME`].
+/// Request bytes read before the request is handed to a component: a body
+/// that small (a login, a signup, a form) has then fully arrived, and a
+/// client trickling it never holds a component slot or an instance.
+pub const READ_AHEAD: usize = 64 * 1024;
+
+/// Why the body could not be read ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadAheadError {
+    #[error(transparent)]
+    TooSlow(#[from] BodyTooSlow),
+    #[error("the request body could not be read: {0}")]
+    Read(hyper::Error),
+}
+
+/// The incoming body, with what was read ahead ([`DrainOnDrop::read_ahead`])
+/// served first. If dropped before its end (a component answered without
+/// reading it all, e.g. a 413), the rest is read and discarded in the
+/// background, up to [`DRAIN_LIMIT`] bytes or [`DRAIN_TIME`].
 pub struct DrainOnDrop {
+    ahead: std::collections::VecDeque<Frame<Bytes>>,
+    ahead_bytes: u64,
     inner: Option<Incoming>,
     ended: bool,
 }
@@ -204,9 +221,50 @@ pub struct DrainOnDrop {
 impl DrainOnDrop {
     pub fn new(inner: Incoming) -> Self {
         DrainOnDrop {
+            ahead: std::collections::VecDeque::new(),
+            ahead_bytes: 0,
             inner: Some(inner),
             ended: false,
         }
+    }
+
+    /// Reads up to `limit` bytes (or the whole body, if shorter) at no less
+    /// than `floor`, before any component is involved.
+    pub async fn read_ahead(&mut self, limit: usize, floor: MinRate) -> Result<(), ReadAheadError> {
+        let mut rate = RateCheck::new(floor);
+        while self.ahead_bytes < limit as u64 && !self.ended {
+            let Some(inner) = self.inner.as_mut() else {
+                break;
+            };
+            let polled = std::future::poll_fn(|cx| {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match rate.observe(cx, &polled) {
+                    Err(slow) => Poll::Ready(Err(slow)),
+                    Ok(()) => polled.map(Ok),
+                }
+            })
+            .await?;
+            match polled {
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Err(ReadAheadError::Read(e));
+                }
+                Some(Ok(frame)) => {
+                    self.ahead_bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    self.ahead.push_back(frame);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DrainOnDrop {
+    /// Gives up on the rest of the body: dropped, it is not drained, and
+    /// the connection closes after the answer.
+    pub fn abandon(&mut self) {
+        self.ended = true;
     }
 }
 
@@ -218,6 +276,13 @@ impl Body for DrainOnDrop {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.ahead.pop_front() {
+            self.ahead_bytes -= frame.data_ref().map_or(0, |d| d.len() as u64);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -229,14 +294,20 @@ impl Body for DrainOnDrop {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.ahead.is_empty() && (self.ended || self.inner.as_ref().is_none_or(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map(Body::size_hint)
-            .unwrap_or_else(|| SizeHint::with_exact(0))
+        let rest = match (&self.inner, self.ended) {
+            (Some(inner), false) => inner.size_hint(),
+            _ => SizeHint::with_exact(0),
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.ahead_bytes);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.ahead_bytes);
+        }
+        hint
     }
 }
 

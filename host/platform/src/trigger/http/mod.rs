@@ -8,6 +8,7 @@ pub mod router;
 use crate::app::App;
 use crate::listener::{Handler, Hygiene};
 use bytes::Bytes;
+use handler::InvokeError;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -136,7 +137,29 @@ async fn handle(
             parts.headers.insert(name, value);
         }
     }
-    let body = body::DrainOnDrop::new(body);
+    // A small body arrives in full before any component slot or instance
+    // is taken, so a client trickling it holds only its connection.
+    let mut body = body::DrainOnDrop::new(body);
+    let floor = body::MinRate::from_limits(app.limits());
+    if let Err(e) = body.read_ahead(body::READ_AHEAD, floor).await {
+        body.abandon();
+        let mut response = match e {
+            body::ReadAheadError::TooSlow(slow) => InvokeError::BodyTooSlow(slow).into_response(),
+            e @ body::ReadAheadError::Read(_) => {
+                json_error(StatusCode::BAD_REQUEST, &e.to_string())
+            }
+        };
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        app.metrics().record_request(
+            &component,
+            &raw_route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        return response;
+    }
     let request = http::Request::from_parts(parts, body.map_err(HttpError::from).boxed_unsync());
 
     let response = match app.invoke(&component, request).await {
