@@ -26,7 +26,8 @@ enum Attack {
     Slowloris,
     /// 300 signup bodies trickling a byte every 2 s.
     SlowBodies,
-    /// 300 connections logging in at once, over and over.
+    /// 300 connections logging in at once, over and over (60 accounts,
+    /// each from its own address).
     LoginFlood,
     /// 50 connections guessing one account's password.
     Guessing,
@@ -73,8 +74,27 @@ async fn raw(addr: &str) -> Option<TcpStream> {
         .ok()
 }
 
-/// One attacker connection, repeated until `stop`.
-async fn attacker(attack: Attack, t: Arc<Target>, stop: Arc<AtomicBool>) {
+/// Accounts the login flood uses, each from an address of its own
+/// (127.0.1.N): every login is a real Argon2 hash, within the throttle.
+const FLOOD_ACCOUNTS: usize = 60;
+
+fn flood_address(n: usize) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 1, (n % FLOOD_ACCOUNTS + 1) as u8])
+}
+
+/// A connection to `addr` from `local`.
+async fn raw_from(addr: &str, local: std::net::IpAddr) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(std::net::SocketAddr::new(local, 0)).ok()?;
+    let target = addr.parse().ok()?;
+    tokio::time::timeout(Duration::from_secs(5), socket.connect(target))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// One attacker connection (the `n`th), repeated until `stop`.
+async fn attacker(attack: Attack, n: usize, t: Arc<Target>, stop: Arc<AtomicBool>) {
     let host = t.addr.clone();
     while !stop.load(Ordering::Relaxed) {
         match attack {
@@ -110,17 +130,27 @@ async fn attacker(attack: Attack, t: Arc<Target>, stop: Arc<AtomicBool>) {
                     }
                 }
             }
-            Attack::LoginFlood | Attack::Guessing => {
-                let (user, password) = match attack {
-                    Attack::LoginFlood => ("flood@example.com", PASSWORD),
-                    _ => (t.victim.as_str(), "wrong guess"),
-                };
-                let basic =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            Attack::LoginFlood => {
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "flood-{}@example.com:{PASSWORD}",
+                    n % FLOOD_ACCOUNTS
+                ));
                 let request = format!(
                     "POST /login HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {basic}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 );
-                exchange(&t.addr, request.as_bytes()).await;
+                if let Some(s) = raw_from(&t.addr, flood_address(n)).await {
+                    exchange(s, request.as_bytes()).await;
+                }
+            }
+            Attack::Guessing => {
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:wrong guess", t.victim));
+                let request = format!(
+                    "POST /login HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {basic}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                if let Some(s) = raw(&t.addr).await {
+                    exchange(s, request.as_bytes()).await;
+                }
             }
             Attack::HeaderBomb => {
                 let mut request = format!("GET /jobs/x HTTP/1.1\r\nHost: {host}\r\n");
@@ -128,7 +158,9 @@ async fn attacker(attack: Attack, t: Arc<Target>, stop: Arc<AtomicBool>) {
                     request.push_str(&format!("X-Bomb-{i}: {}\r\n", "a".repeat(60)));
                 }
                 request.push_str("Connection: close\r\n\r\n");
-                exchange(&t.addr, request.as_bytes()).await;
+                if let Some(s) = raw(&t.addr).await {
+                    exchange(s, request.as_bytes()).await;
+                }
             }
             Attack::MultipartBomb => {
                 let Some(mut s) = raw(&t.addr).await else {
@@ -161,12 +193,8 @@ async fn write_chunk(s: &mut TcpStream, data: &[u8]) -> bool {
     s.write_all(&frame).await.is_ok()
 }
 
-/// Sends one request on a fresh connection and reads until it closes.
-async fn exchange(addr: &str, request: &[u8]) {
-    let Some(mut s) = raw(addr).await else {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        return;
-    };
+/// Sends one request on `s` and reads until the connection closes.
+async fn exchange(mut s: TcpStream, request: &[u8]) {
     if s.write_all(request).await.is_err() {
         return;
     }
@@ -233,7 +261,7 @@ async fn phase(attack: Attack, t: Arc<Target>, pid: u32, seconds: u64) -> Phase 
     reset_peak(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let attackers: Vec<_> = (0..connections(attack))
-        .map(|_| tokio::spawn(attacker(attack, t.clone(), stop.clone())))
+        .map(|n| tokio::spawn(attacker(attack, n, t.clone(), stop.clone())))
         .collect();
     // Let the attack build up before measuring.
     if !matches!(attack, Attack::None) {
@@ -270,11 +298,7 @@ async fn main() {
     let manifest = support::app_manifest(dir.path());
     let s = support::up(support::UpOptions::new(&manifest).env("SPINDLE_LOG", "warn"));
     let client = support::client();
-    for email in [
-        "honest@example.com",
-        "flood@example.com",
-        "victim@example.com",
-    ] {
+    for email in ["honest@example.com", "victim@example.com"] {
         let r = client
             .post(format!("{}/signup", s.url))
             .json(&serde_json::json!({"email": email, "password": PASSWORD}))
@@ -282,6 +306,20 @@ async fn main() {
             .await
             .expect("signup");
         assert_eq!(r.status(), 201, "signup {email}");
+    }
+    for n in 0..FLOOD_ACCOUNTS {
+        // Each from its own address: signups are limited per address.
+        let from = reqwest::Client::builder()
+            .local_address(flood_address(n))
+            .build()
+            .expect("client");
+        let r = from
+            .post(format!("{}/signup", s.url))
+            .json(&serde_json::json!({"email": format!("flood-{n}@example.com"), "password": PASSWORD}))
+            .send()
+            .await
+            .expect("signup");
+        assert_eq!(r.status(), 201, "signup flood-{n}");
     }
     let token = client
         .post(format!("{}/login", s.url))

@@ -492,17 +492,19 @@ impl App {
         running_queue(&self.components, id)
     }
 
-    /// Invokes HTTP component `id` with `request`.
+    /// Invokes HTTP component `id` with `request`, which came by `route`
+    /// (its admission lane).
     pub async fn invoke(
         &self,
         id: &str,
+        route: &str,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let component = self.http_component(id).ok_or_else(|| InvokeError::Trap {
             component: id.to_string(),
             reason: "it is not an HTTP component of this application".into(),
         })?;
-        component.invoke(request).await
+        component.invoke(request, route).await
     }
 
     /// Checks that every configured backend answers.
@@ -539,12 +541,18 @@ impl InternalDispatch for App {
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>> {
         let target = self.http_component(component);
         let name = component.to_string();
+        // The lane of a chained call: the route it would take from outside,
+        // so `/validate` from the gateway queues apart from `/login`.
+        let lane = match self.router.route(request.uri().path()) {
+            Some(matched) if matched.component == component => matched.raw,
+            _ => "internal call".to_string(),
+        };
         Box::pin(async move {
             let Some(target) = target else {
                 tracing::warn!("no component `{name}` for http://{name}.spin.internal");
                 return Err(HttpError::DestinationNotFound);
             };
-            match target.invoke(request).await {
+            match target.invoke(request, &lane).await {
                 Ok(response) => Ok(response),
                 Err(e) => Ok(e.into_response()),
             }

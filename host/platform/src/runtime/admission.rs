@@ -5,16 +5,19 @@
 //! [`MemoryBudget`] when a memory is created or grows, and handed back when
 //! the instance is dropped, so guest memory never exceeds the budget however
 //! many requests arrive. Each component also has a concurrency cap (its
-//! [`Gate`]). A request waits, first-come first-served, up to the queue
-//! timeout for a slot under the cap and for the memory its component's last
-//! instance needed; after that it gets 503 with `Retry-After` and never
-//! touches an instance. The host's worst case is therefore its own baseline,
+//! [`Gate`]). A request waits up to the queue timeout for a slot under the
+//! cap and for the memory its component's last instance needed; after that
+//! it gets 503 with `Retry-After` and never touches an instance. Waiting
+//! requests queue per route ("lane") and freed slots go to the lanes in
+//! turn, so a flood on one route (logins) cannot starve another route of
+//! the same component (token checks). The host's worst case is therefore its own baseline,
 //! plus the budget, plus the connections' buffers (see the README's limits).
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// The budget's unit: one WebAssembly page.
 const PAGE: usize = 64 * 1024;
@@ -131,12 +134,95 @@ fn physical_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A component's concurrency slots, handed to waiting lanes in turn.
+struct Slots {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    free: u32,
+    /// Waiters per lane, first come first served within a lane.
+    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    /// Lanes with waiters, in the order their turn comes.
+    turns: VecDeque<Arc<str>>,
+}
+
+impl Slots {
+    fn new(cap: u32) -> Arc<Self> {
+        Arc::new(Slots {
+            state: Mutex::new(SlotState {
+                free: cap,
+                waiting: HashMap::new(),
+                turns: VecDeque::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a request of `lane`, waiting up to `wait`.
+    async fn acquire(self: &Arc<Self>, lane: &str, wait: Duration) -> Option<Slot> {
+        let mut granted = {
+            let mut state = self.lock();
+            if state.free > 0 {
+                state.free -= 1;
+                return Some(Slot {
+                    slots: self.clone(),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let lane: Arc<str> = lane.into();
+            let queue = state.waiting.entry(lane.clone()).or_default();
+            queue.push_back(tx);
+            if queue.len() == 1 {
+                state.turns.push_back(lane);
+            }
+            rx
+        };
+        let got = match tokio::time::timeout(wait, &mut granted).await {
+            Ok(result) => result.is_ok(),
+            // A slot handed over just as the wait ended is still ours.
+            Err(_) => {
+                granted.close();
+                granted.try_recv().is_ok()
+            }
+        };
+        got.then(|| Slot {
+            slots: self.clone(),
+        })
+    }
+
+    /// Hands a freed slot to the next lane's first live waiter.
+    fn release(&self) {
+        let mut state = self.lock();
+        while let Some(lane) = state.turns.pop_front() {
+            let Some(queue) = state.waiting.get_mut(&lane) else {
+                continue;
+            };
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                state.waiting.remove(&lane);
+            } else {
+                state.turns.push_back(lane);
+            }
+            if let Some(waiter) = next
+                && waiter.send(()).is_ok()
+            {
+                return;
+            }
+        }
+        state.free += 1;
+    }
+}
+
 /// One component's admission: its concurrency cap and per-instance memory
 /// cap, and the budget its instances charge. Shared by every version of
 /// the component, so a hot redeploy does not reset the cap.
 pub struct Gate {
     component: Arc<str>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     cap: u32,
     memory_limit: usize,
     budget: MemoryBudget,
@@ -147,9 +233,20 @@ pub struct Gate {
 }
 
 /// A slot under a component's cap, held for the whole invocation.
-#[derive(Debug)]
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.release();
+    }
 }
 
 impl Gate {
@@ -162,7 +259,7 @@ impl Gate {
     ) -> Self {
         Gate {
             component: component.into(),
-            slots: Arc::new(Semaphore::new(cap as usize)),
+            slots: Slots::new(cap),
             cap,
             memory_limit,
             budget,
@@ -184,22 +281,20 @@ impl Gate {
         self.budget.total_mb()
     }
 
-    /// Waits for a slot under the cap and for the memory the component
+    /// Waits for a slot under the cap (in turn with the other routes'
+    /// waiters; `lane` names the route) and for the memory the component
     /// typically needs, up to the queue timeout in all.
-    pub async fn admit(&self) -> Result<Slot, Overloaded> {
+    pub async fn admit(&self, lane: &str) -> Result<Slot, Overloaded> {
         let started = Instant::now();
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| Overloaded::Busy {
-                    component: self.component.to_string(),
-                    cap: self.cap,
-                    waited: started.elapsed(),
-                })?,
-        };
+        let slot = self
+            .slots
+            .acquire(lane, self.wait)
+            .await
+            .ok_or_else(|| Overloaded::Busy {
+                component: self.component.to_string(),
+                cap: self.cap,
+                waited: started.elapsed(),
+            })?;
         let typical = self.typical_bytes.load(Ordering::Relaxed);
         let left = self.wait.saturating_sub(started.elapsed());
         if typical > 0 && !self.budget.wait_for(typical, left).await {
@@ -208,7 +303,7 @@ impl Gate {
                 waited: started.elapsed(),
             });
         }
-        Ok(Slot { _permit: slot })
+        Ok(slot)
     }
 
     /// The per-instance accounting for one new store.
@@ -289,13 +384,51 @@ mod tests {
     #[tokio::test]
     async fn a_component_at_its_cap_turns_the_next_request_away() {
         let g = gate(2, 16, 64);
-        let a = g.admit().await.ok();
-        let b = g.admit().await.ok();
+        let a = g.admit("/").await.ok();
+        let b = g.admit("/").await.ok();
         assert!(a.is_some() && b.is_some());
-        let refused = g.admit().await.err();
+        let refused = g.admit("/").await.err();
         assert!(matches!(refused, Some(Overloaded::Busy { cap: 2, .. })));
         drop(a);
-        assert!(g.admit().await.is_ok(), "a freed slot admits again");
+        assert!(g.admit("/").await.is_ok(), "a freed slot admits again");
+    }
+
+    #[tokio::test]
+    async fn freed_slots_go_to_the_lanes_in_turn() {
+        let g = Arc::new(Gate::new(
+            "c",
+            1,
+            (16 * MIB) as usize,
+            MemoryBudget::new(64),
+            Duration::from_secs(5),
+        ));
+        let held = g.admit("/login").await.ok();
+        assert!(held.is_some());
+        // Three logins queue first, then one token check.
+        let mut waiting = Vec::new();
+        for lane in ["/login", "/login", "/login", "/validate"] {
+            let g = g.clone();
+            waiting.push((lane, tokio::spawn(async move { g.admit(lane).await.ok() })));
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        // The first freed slot goes to the first login, the next one to the
+        // token check, ahead of the other two logins.
+        let (first, first_slot) = waiting.remove(0);
+        let first_slot = first_slot.await.unwrap();
+        assert!(first_slot.is_some(), "{first}");
+        drop(first_slot);
+        let (lane, validate) = waiting.remove(2);
+        assert_eq!(lane, "/validate");
+        let validate = tokio::time::timeout(Duration::from_secs(1), validate)
+            .await
+            .expect("the token check is served next")
+            .unwrap();
+        assert!(validate.is_some());
+        for (_, w) in waiting {
+            w.abort();
+        }
     }
 
     #[tokio::test]
@@ -329,10 +462,10 @@ mod tests {
         let mut holder = g.charges();
         assert!(holder.grow(0, 40 * MIB as usize).await.is_ok());
         assert!(matches!(
-            g.admit().await.err(),
+            g.admit("/").await.err(),
             Some(Overloaded::Memory { budget_mb: 64, .. })
         ));
         drop(holder);
-        assert!(g.admit().await.is_ok());
+        assert!(g.admit("/").await.is_ok());
     }
 }

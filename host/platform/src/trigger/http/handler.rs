@@ -118,12 +118,14 @@ impl HttpComponent {
     }
 
     /// Handles one request on a fresh instance, once the component is
-    /// below its cap and the host has memory for it.
+    /// below its cap and the host has memory for it; `lane` is the route it
+    /// came by, which it waits in turn with.
     pub async fn invoke(
         &self,
         request: http::Request<WasiBody>,
+        lane: &str,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
-        let admitted = self.gate.admit().await?;
+        let admitted = self.gate.admit(lane).await?;
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
         let timeout = self.limits.request_timeout();
         let floor = super::body::MinRate::from_limits(&self.limits);

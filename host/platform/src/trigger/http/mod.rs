@@ -162,7 +162,7 @@ async fn handle(
     }
     let request = http::Request::from_parts(parts, body.map_err(HttpError::from).boxed_unsync());
 
-    let response = match app.invoke(&component, request).await {
+    let response = match app.invoke(&component, &raw_route, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
