@@ -134,7 +134,9 @@ fn physical_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A component's concurrency slots, handed to waiting lanes in turn.
+/// A component's concurrency slots, handed to waiting lanes in turn. A
+/// slot travels to its waiter as a [`Slot`], so one handed to a request
+/// that has just given up is released again, never lost.
 struct Slots {
     state: Mutex<SlotState>,
 }
@@ -142,7 +144,7 @@ struct Slots {
 struct SlotState {
     free: u32,
     /// Waiters per lane, first come first served within a lane.
-    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<Slot>>>,
     /// Lanes with waiters, in the order their turn comes.
     turns: VecDeque<Arc<str>>,
 }
@@ -169,7 +171,7 @@ impl Slots {
             if state.free > 0 {
                 state.free -= 1;
                 return Some(Slot {
-                    slots: self.clone(),
+                    slots: Some(self.clone()),
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -181,21 +183,19 @@ impl Slots {
             }
             rx
         };
-        let got = match tokio::time::timeout(wait, &mut granted).await {
-            Ok(result) => result.is_ok(),
+        match tokio::time::timeout(wait, &mut granted).await {
+            Ok(result) => result.ok(),
             // A slot handed over just as the wait ended is still ours.
             Err(_) => {
                 granted.close();
-                granted.try_recv().is_ok()
+                granted.try_recv().ok()
             }
-        };
-        got.then(|| Slot {
-            slots: self.clone(),
-        })
+        }
     }
 
-    /// Hands a freed slot to the next lane's first live waiter.
-    fn release(&self) {
+    /// Hands the freed `slot` to the next lane's first live waiter, or
+    /// returns it to the free count.
+    fn release(&self, mut slot: Slot) {
         let mut state = self.lock();
         while let Some(lane) = state.turns.pop_front() {
             let Some(queue) = state.waiting.get_mut(&lane) else {
@@ -207,13 +207,16 @@ impl Slots {
             } else {
                 state.turns.push_back(lane);
             }
-            if let Some(waiter) = next
-                && waiter.send(()).is_ok()
-            {
-                return;
+            if let Some(waiter) = next {
+                match waiter.send(slot) {
+                    Ok(()) => return,
+                    Err(back) => slot = back,
+                }
             }
         }
         state.free += 1;
+        // Counted free again: its drop must not release it a second time.
+        slot.slots = None;
     }
 }
 
@@ -234,7 +237,8 @@ pub struct Gate {
 
 /// A slot under a component's cap, held for the whole invocation.
 pub struct Slot {
-    slots: Arc<Slots>,
+    /// Where it goes back when dropped; `None` once it is counted free.
+    slots: Option<Arc<Slots>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -245,7 +249,12 @@ impl std::fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.release();
+        if let Some(slots) = self.slots.take() {
+            let slot = Slot {
+                slots: Some(slots.clone()),
+            };
+            slots.release(slot);
+        }
     }
 }
 
@@ -429,6 +438,40 @@ mod tests {
         for (_, w) in waiting {
             w.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn slots_of_requests_that_give_up_are_not_lost() {
+        let g = Arc::new(Gate::new(
+            "c",
+            2,
+            (16 * MIB) as usize,
+            MemoryBudget::new(64),
+            Duration::from_secs(5),
+        ));
+        for _ in 0..50 {
+            let a = g.admit("/a").await.ok();
+            let b = g.admit("/b").await.ok();
+            let waiters: Vec<_> = (0..4)
+                .map(|i| {
+                    let g = g.clone();
+                    tokio::spawn(async move { g.admit(if i % 2 == 0 { "/a" } else { "/b" }).await })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            // Clients hang up while slots are being handed to them.
+            drop(a);
+            for w in &waiters {
+                w.abort();
+            }
+            drop(b);
+            for w in waiters {
+                let _ = w.await;
+            }
+        }
+        let a = g.admit("/a").await;
+        let b = g.admit("/b").await;
+        assert!(a.is_ok() && b.is_ok(), "both slots are still there");
     }
 
     #[tokio::test]
