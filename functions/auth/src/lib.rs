@@ -253,7 +253,7 @@ async fn validate(req: Request) -> Result<HttpResponse, ApiError> {
         .map_err(|e| ApiError::unauthorized(BEARER_CHALLENGE, e.to_string()))?;
     // Admin rights are what the operator grants now, not what they were
     // when the token was issued.
-    claims.admin = UserStore::open().await?.is_admin(&claims.username).await?;
+    claims.admin = users::current_admin_grant(&claims.username).await?;
     Ok(http_util::json(StatusCode::OK, &claims))
 }
 

@@ -89,19 +89,7 @@ impl UserStore {
 
     /// Whether an operator has made `email` an admin.
     pub async fn is_admin(&self, email: &str) -> Result<bool, StoreError> {
-        let failed = |detail: String| StoreError::Query {
-            action: "looking up admin rights",
-            detail,
-        };
-        let rows = self
-            .conn
-            .query(SELECT_ADMIN, vec![email.to_owned().into()])
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        Ok(!rows.is_empty())
+        admin_grant(&self.conn, email).await
     }
 
     /// Inserts a new account. A unique-key violation means another signup
@@ -127,6 +115,35 @@ impl UserStore {
                 }
             })
     }
+}
+
+/// Whether an operator has made `email` an admin, with one query on a
+/// fresh connection (what `/validate` needs on every call). Before auth
+/// has created its tables there is no grant.
+pub async fn current_admin_grant(email: &str) -> Result<bool, StoreError> {
+    let conn = Connection::open(DATABASE)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    admin_grant(&conn, email).await
+}
+
+async fn admin_grant(conn: &Connection, email: &str) -> Result<bool, StoreError> {
+    let failed = |detail: String| StoreError::Query {
+        action: "looking up admin rights",
+        detail,
+    };
+    let rows = match conn.query(SELECT_ADMIN, vec![email.to_owned().into()]).await {
+        Ok(rows) => rows,
+        // SQLite: "no such table"; MariaDB: "Table 'auth.admin' doesn't exist".
+        Err(e) if is_missing_table(&e.to_string()) => return Ok(false),
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    let rows = rows.collect().await.map_err(|e| failed(e.to_string()))?;
+    Ok(!rows.is_empty())
+}
+
+fn is_missing_table(message: &str) -> bool {
+    message.contains("no such table") || message.contains("doesn't exist")
 }
 
 /// Reads the `password` column. MariaDB reports `VARCHAR` columns with a
