@@ -132,7 +132,10 @@ async fn admin_grant(conn: &Connection, email: &str) -> Result<bool, StoreError>
         action: "looking up admin rights",
         detail,
     };
-    let rows = match conn.query(SELECT_ADMIN, vec![email.to_owned().into()]).await {
+    let rows = match conn
+        .query(SELECT_ADMIN, vec![email.to_owned().into()])
+        .await
+    {
         Ok(rows) => rows,
         // SQLite: "no such table"; MariaDB: "Table 'auth.admin' doesn't exist".
         Err(e) if is_missing_table(&e.to_string()) => return Ok(false),

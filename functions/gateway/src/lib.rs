@@ -18,6 +18,7 @@ mod download;
 mod errors;
 mod form_guard;
 mod jobs;
+mod quota;
 mod range;
 mod streams;
 mod upload;

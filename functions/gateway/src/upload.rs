@@ -28,6 +28,7 @@ use crate::bindings::blobs::{store, wit_stream};
 use crate::bindings::queue::publisher;
 use crate::errors::{ApiError, HttpResponse, blob_error, json, publish_error};
 use crate::form_guard::{FormGuard, GuardError};
+use crate::quota::{self, Bound};
 use crate::streams::BoundedReadAhead;
 
 /// The queue the convert worker consumes.
@@ -87,23 +88,30 @@ pub async fn upload(caller: &Caller, req: Request) -> Result<HttpResponse, ApiEr
              (for example: curl -F file=@video.mp4 ...)",
         )
     })?;
-    let max = max_upload_bytes().await?;
+    let max_upload = max_upload_bytes().await?;
+    let quota = quota::limits().await?;
+    let usage = quota::usage(&caller.username).await?;
+    quota::check_in_flight(quota, usage)?;
+    let bound = Bound::for_upload(max_upload, quota, usage);
+    if bound.max() == 0 {
+        return Err(bound.exceeded());
+    }
     if let Some(declared) = content_length(req.headers())?
-        && declared > max
+        && declared > bound.max()
     {
-        return Err(too_large(max));
+        return Err(bound.exceeded());
     }
 
     let body = BoundedReadAhead::new(
         FormGuard::new(BodyDataStream::new(req.into_body()), &boundary),
         READ_AHEAD_BYTES,
     );
-    let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(max));
+    let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(bound.max()));
     let mut form = Multipart::with_constraints(body, boundary, constraints);
     let job_id = uuid::Uuid::new_v4().hyphenated().to_string();
 
     let mut stored = None;
-    let parsed = read_form(&mut form, caller, &job_id, max, &mut stored).await;
+    let parsed = read_form(&mut form, caller, &job_id, bound, &mut stored).await;
     let video = match (parsed, stored) {
         (Ok(()), Some(video)) => video,
         (Ok(()), None) => {
@@ -150,10 +158,10 @@ async fn read_form(
     form: &mut Multipart<'_>,
     caller: &Caller,
     job_id: &str,
-    max: u64,
+    bound: Bound,
     stored: &mut Option<store::FileInfo>,
 ) -> Result<(), ApiError> {
-    while let Some(mut field) = form.next_field().await.map_err(|e| form_error(e, max))? {
+    while let Some(mut field) = form.next_field().await.map_err(|e| form_error(e, bound))? {
         if stored.is_some() {
             return Err(ApiError::bad_request(
                 "expected exactly one file in the multipart form; got more than one part",
@@ -195,7 +203,7 @@ async fn read_form(
             // end early and kept a truncated file, which must go.
             (Err(e), created) => {
                 *stored = created.ok();
-                return Err(form_error(e, max));
+                return Err(form_error(e, bound));
             }
             (Ok(()), Err(e)) => return Err(blob_error("could not store the video", e)),
         }
@@ -226,12 +234,12 @@ async fn discard(video: &store::FileInfo) {
     }
 }
 
-/// The multipart parser's errors as client answers: over the upload limit
-/// or the part header limit is 413, everything else is a body the client
-/// must fix (or a dropped connection).
-fn form_error(e: multer::Error, max: u64) -> ApiError {
+/// The multipart parser's errors as client answers: over the upload limit,
+/// the quota or the part header limit is 413, everything else is a body
+/// the client must fix (or a dropped connection).
+fn form_error(e: multer::Error, bound: Bound) -> ApiError {
     match e {
-        multer::Error::StreamSizeExceeded { .. } => too_large(max),
+        multer::Error::StreamSizeExceeded { .. } => bound.exceeded(),
         multer::Error::StreamReadFailed(e) => match e.downcast::<GuardError>().map(|e| *e) {
             Ok(refused @ GuardError::PartHeaderTooLarge) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, refused.to_string())
@@ -241,13 +249,6 @@ fn form_error(e: multer::Error, max: u64) -> ApiError {
         },
         e => ApiError::bad_request(format!("malformed multipart/form-data body: {e}")),
     }
-}
-
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the upload is larger than this server's limit of {max} bytes (max_upload_bytes)"),
-    )
 }
 
 /// The upload limit from the `max_upload_bytes` variable. A value that is
@@ -355,14 +356,23 @@ mod tests {
     #[test]
     fn parser_errors_map_to_client_statuses() {
         assert_eq!(
-            form_error(multer::Error::StreamSizeExceeded { limit: 5 }, 5).status(),
+            form_error(
+                multer::Error::StreamSizeExceeded { limit: 5 },
+                Bound::Upload(5)
+            )
+            .status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
-            form_error(multer::Error::IncompleteStream, 5).status(),
+            form_error(multer::Error::IncompleteStream, Bound::Upload(5)).status(),
             StatusCode::BAD_REQUEST
         );
-        let guarded = |e: GuardError| form_error(multer::Error::StreamReadFailed(Box::new(e)), 5);
+        let guarded = |e: GuardError| {
+            form_error(
+                multer::Error::StreamReadFailed(Box::new(e)),
+                Bound::Upload(5),
+            )
+        };
         let e = guarded(GuardError::PartHeaderTooLarge);
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(e.message().contains("16 KiB"), "{}", e.message());

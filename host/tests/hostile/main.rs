@@ -12,4 +12,5 @@ mod budget;
 mod connections;
 mod grants;
 mod login;
+mod quota;
 mod requests;
