@@ -97,13 +97,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 std::env::var(k).ok()
             })
             .with_context(|| args.manifest.display().to_string())?;
-        let max_duration = convert::max_duration(&variables)?;
+        let settings = convert::app_settings(&variables)?;
         let handler = convert::handler(
             blobs.clone(),
             broker.clone(),
             &convert_config,
             trigger,
-            max_duration,
+            settings,
         )
         .await?;
         workers.insert(convert::WORKER.to_string(), handler);

@@ -34,6 +34,8 @@ pub struct Converter {
     pub(crate) work_dir: PathBuf,
     /// The trigger's attempts: the last one marks the job failed.
     pub(crate) max_attempts: u32,
+    /// Whether a video keeps its bytes once its job has ended.
+    pub(crate) keep_videos: bool,
 }
 
 /// A step that failed and how to settle the message.
@@ -145,6 +147,7 @@ impl Converter {
             .await
             .map_err(|e| Stop::Retry(blob_reason(&e)))?;
         tracing::info!(job_id = %job.job_id, mp3_fid = %mp3, "converted");
+        self.release_video(job).await;
         self.announce(job, &mp3).await
     }
 
@@ -267,12 +270,27 @@ impl Converter {
             ("state".into(), "failed".into()),
             ("error".into(), reason.to_string()),
         ];
-        if let Err(e) = self
+        match self
             .blobs
             .update_metadata(VIDEOS, &job.video_fid, set)
             .await
         {
-            tracing::warn!(job_id = %job.job_id, "could not mark the job failed: {}", blob_reason(&e));
+            Ok(_) => self.release_video(job).await,
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, "could not mark the job failed: {}", blob_reason(&e));
+            }
+        }
+    }
+
+    /// A job that has ended needs only its record: the video's bytes go
+    /// (unless `keep_videos`), its metadata stays for `/jobs`. Best effort:
+    /// a video left whole costs space, not correctness.
+    async fn release_video(&self, job: &JobMessage) {
+        if self.keep_videos {
+            return;
+        }
+        if let Err(e) = self.blobs.drop_content(VIDEOS, &job.video_fid).await {
+            tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {}", blob_reason(&e));
         }
     }
 }

@@ -36,18 +36,51 @@ pub const PUBLISHES: &[&str] = &[MP3_QUEUE];
 /// The application variable bounding the media converted, in seconds.
 pub const MAX_DURATION_VARIABLE: &str = "max_duration_secs";
 
+/// The application variable that keeps source videos after their job ends.
+pub const KEEP_VIDEOS_VARIABLE: &str = "keep_videos";
+
 /// Three hours, when the manifest does not declare [`MAX_DURATION_VARIABLE`].
 const DEFAULT_MAX_DURATION_SECS: u64 = 3 * 3600;
 
-/// The longest media the worker converts, from the application's variables.
-pub fn max_duration(variables: &AppVariables) -> anyhow::Result<Duration> {
-    let Some(raw) = variables.get(MAX_DURATION_VARIABLE) else {
-        return Ok(Duration::from_secs(DEFAULT_MAX_DURATION_SECS));
-    };
-    let secs: u64 = raw.trim().parse().ok().filter(|s| *s > 0).with_context(|| {
-        format!("the variable {MAX_DURATION_VARIABLE} must be a whole number of seconds above 0, not {raw:?}")
-    })?;
-    Ok(Duration::from_secs(secs))
+/// What the application's variables decide for the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct AppSettings {
+    /// The longest media converted.
+    pub max_duration: Duration,
+    /// Whether a video keeps its bytes once its job is `done` or `failed`
+    /// (by default only its record, the metadata, stays).
+    pub keep_videos: bool,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            max_duration: Duration::from_secs(DEFAULT_MAX_DURATION_SECS),
+            keep_videos: false,
+        }
+    }
+}
+
+/// The worker's settings from the application's variables (defaults for
+/// those the manifest does not declare).
+pub fn app_settings(variables: &AppVariables) -> anyhow::Result<AppSettings> {
+    let mut settings = AppSettings::default();
+    if let Some(raw) = variables.get(MAX_DURATION_VARIABLE) {
+        let secs: u64 = raw.trim().parse().ok().filter(|s| *s > 0).with_context(|| {
+            format!("the variable {MAX_DURATION_VARIABLE} must be a whole number of seconds above 0, not {raw:?}")
+        })?;
+        settings.max_duration = Duration::from_secs(secs);
+    }
+    if let Some(raw) = variables.get(KEEP_VIDEOS_VARIABLE) {
+        settings.keep_videos = match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" | "" => false,
+            _ => anyhow::bail!(
+                "the variable {KEEP_VIDEOS_VARIABLE} must be true or false, not {raw:?}"
+            ),
+        };
+    }
+    Ok(settings)
 }
 
 /// The manifest's trigger for this worker, with `[convert] concurrency`
@@ -70,11 +103,11 @@ pub async fn handler(
     broker: Broker,
     config: &ConvertConfig,
     trigger: &AmqpTrigger,
-    max_duration: Duration,
+    settings: AppSettings,
 ) -> anyhow::Result<Handler> {
     let limits = ffmpeg::Limits {
         time_limit: config.time_limit(),
-        max_duration,
+        max_duration: settings.max_duration,
         memory_bytes: config.memory_limit_mb.saturating_mul(1 << 20),
     };
     let (ffmpeg, version) =
@@ -86,7 +119,8 @@ pub async fn handler(
         queue = %trigger.queue,
         concurrency = trigger.concurrency,
         time_limit_secs = config.time_limit_secs,
-        max_duration_secs = max_duration.as_secs(),
+        max_duration_secs = settings.max_duration.as_secs(),
+        keep_videos = settings.keep_videos,
         "convert worker ready: {version}"
     );
     tracing::info!("{}", ffmpeg.sandbox().describe());
@@ -96,6 +130,7 @@ pub async fn handler(
         ffmpeg,
         work_dir,
         max_attempts: trigger.max_attempts,
+        keep_videos: settings.keep_videos,
     });
     Ok(Arc::new(move |delivery| {
         let converter = converter.clone();

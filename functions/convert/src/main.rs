@@ -88,8 +88,8 @@ async fn run(args: Args) -> Result<()> {
         std::env::var(k).ok()
     })
     .with_context(|| args.manifest.display().to_string())?;
-    let max_duration = convert::max_duration(&variables)?;
-    let handler = convert::handler(blobs, broker.clone(), &config, &trigger, max_duration).await?;
+    let settings = convert::app_settings(&variables)?;
+    let handler = convert::handler(blobs, broker.clone(), &config, &trigger, settings).await?;
     let consumer = broker
         .consume(&trigger.queue, trigger.consume_options(), handler)
         .await

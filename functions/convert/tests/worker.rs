@@ -4,7 +4,7 @@
 //! hostile uploads (a decompression bomb, no audio, playlists that point
 //! elsewhere, forged messages).
 
-use convert::{ConvertConfig, JobMessage};
+use convert::{AppSettings, ConvertConfig, JobMessage};
 use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{Broker, ConsumeOptions, Delivery, Handler, Outcome};
 use spindle_platform::manifest::Manifest;
@@ -139,24 +139,18 @@ struct Worker {
 }
 
 async fn worker(dir: &Path, config: &str) -> Worker {
-    worker_converting_at_most(dir, config, Duration::from_secs(3 * 3600)).await
+    worker_with(dir, config, AppSettings::default()).await
 }
 
-async fn worker_converting_at_most(dir: &Path, config: &str, max_duration: Duration) -> Worker {
+async fn worker_with(dir: &Path, config: &str, settings: AppSettings) -> Worker {
     let blobs = BlobStore::connect(None, dir).await.unwrap();
     let broker = Broker::connect(None, dir, &["video", "mp3"]).await.unwrap();
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
-    let handler = convert::handler(
-        blobs.clone(),
-        broker.clone(),
-        &config,
-        &trigger,
-        max_duration,
-    )
-    .await
-    .unwrap();
+    let handler = convert::handler(blobs.clone(), broker.clone(), &config, &trigger, settings)
+        .await
+        .unwrap();
     Worker {
         blobs,
         broker,
@@ -484,7 +478,11 @@ async fn a_ten_hour_audio_bomb_fails_within_seconds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_duration_limit_follows_its_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let w = worker_converting_at_most(dir.path(), "", Duration::from_secs(2)).await;
+    let settings = AppSettings {
+        max_duration: Duration::from_secs(2),
+        ..AppSettings::default()
+    };
+    let w = worker_with(dir.path(), "", settings).await;
     let reason = expect_failed_job(&w, &short_video(dir.path()), "too-long").await;
     assert!(reason.contains("at most 2 s"), "{reason}");
 }
@@ -702,4 +700,59 @@ async fn the_sandbox_keeps_ffmpeg_to_its_upload_and_off_the_network() {
     let udp = "exec 3<>/dev/udp/127.0.0.1/53 && echo opened";
     let (ok, text) = boxed(&sandbox, &upload, "bash", &["-c", udp]).await;
     assert!(!ok && !text.contains("opened"), "UDP: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ended_job_keeps_its_record_and_drops_its_video_unless_kept() {
+    for keep_videos in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AppSettings {
+            keep_videos,
+            ..AppSettings::default()
+        };
+        let w = worker_with(dir.path(), "", settings).await;
+        let clip = short_video(dir.path());
+        let size = std::fs::metadata(&clip).unwrap().len();
+        let done = store_video(&w.blobs, &clip, "ends-done").await;
+        assert_eq!(
+            (w.handler)(delivery(message("ends-done", &done.id), 1)).await,
+            Outcome::Ack
+        );
+        let text = dir.path().join("notes.mp4");
+        std::fs::write(&text, "not a video\n".repeat(100)).unwrap();
+        let failed = store_video(&w.blobs, &text, "ends-failed").await;
+        assert!(matches!(
+            (w.handler)(delivery(message("ends-failed", &failed.id), 1)).await,
+            Outcome::DeadLetter(_)
+        ));
+        for (video, state, original) in [(done, "done", size), (failed, "failed", 1200)] {
+            let after = w.blobs.stat("videos", &video.id).await.unwrap();
+            assert_eq!(meta(&after, "state").as_deref(), Some(state));
+            let expected = if keep_videos { original } else { 0 };
+            assert_eq!(after.length, expected, "keep_videos={keep_videos}, {state}");
+        }
+        // A redelivery of the done job still only re-announces its MP3.
+        assert_eq!(
+            (w.handler)(delivery(
+                message("ends-done", &done_id(&w, "ends-done").await),
+                2
+            ))
+            .await,
+            Outcome::Ack
+        );
+        assert_eq!(
+            w.blobs
+                .find("mp3s", "job_id", "ends-done")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}
+
+async fn done_id(w: &Worker, job_id: &str) -> String {
+    w.blobs.find("videos", "job_id", job_id).await.unwrap()[0]
+        .id
+        .clone()
 }

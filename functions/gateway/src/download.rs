@@ -9,6 +9,7 @@ use crate::auth::Caller;
 use crate::bindings::blobs::store;
 use crate::conditional::Validators;
 use crate::errors::{ApiError, HttpResponse, blob_error, empty, with_body};
+use crate::expiry::Ttl;
 use crate::range::{RangeRequest, content_disposition, parse_fid};
 use crate::streams::blob_body;
 use crate::{MP3S_BUCKET, metadata};
@@ -26,6 +27,10 @@ pub async fn download(caller: &Caller, req: &Request) -> Result<HttpResponse, Ap
     };
     if !caller.may_access(metadata(&info.metadata, "owner")) {
         return Err(ApiError::not_found(NOT_FOUND));
+    }
+    let ttl = Ttl::load().await?;
+    if ttl.expired(info.uploaded_at) {
+        return Err(ttl.gone(&info).await);
     }
 
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());

@@ -16,6 +16,7 @@ mod bindings;
 mod conditional;
 mod download;
 mod errors;
+mod expiry;
 mod form_guard;
 mod jobs;
 mod quota;

@@ -14,6 +14,7 @@ use spin_sdk::variables;
 
 use crate::bindings::blobs::store;
 use crate::errors::{ApiError, blob_error};
+use crate::expiry::Ttl;
 use crate::{MP3S_BUCKET, VIDEOS_BUCKET, metadata};
 
 /// `storage_quota_bytes` when undefined: 10 GiB.
@@ -105,14 +106,20 @@ pub async fn limits() -> Result<Quota, ApiError> {
     })
 }
 
-/// What `owner` stores and has in flight.
+/// What `owner` stores and has in flight; expired MP3s are deleted on the
+/// way and not counted.
 pub async fn usage(owner: &str) -> Result<Usage, ApiError> {
+    let ttl = Ttl::load().await?;
     let mut usage = Usage::default();
     for bucket in [VIDEOS_BUCKET, MP3S_BUCKET] {
         let files = store::find(bucket.to_owned(), "owner".to_owned(), owner.to_owned())
             .await
             .map_err(|e| blob_error("could not read your storage use", e))?;
         for file in files {
+            if bucket == MP3S_BUCKET && ttl.expired(file.uploaded_at) {
+                crate::expiry::forget(&file).await;
+                continue;
+            }
             usage.bytes = usage.bytes.saturating_add(file.length);
             let state = metadata(&file.metadata, "state");
             if bucket == VIDEOS_BUCKET && matches!(state, None | Some("queued" | "processing")) {

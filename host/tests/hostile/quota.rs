@@ -103,3 +103,122 @@ async fn uploads_past_the_storage_quota_or_the_jobs_in_flight_store_nothing() {
     assert!(retry.is_some_and(|v| v.parse::<u64>().is_ok()));
     assert_eq!(stored_videos(&s), 4);
 }
+
+/// A short video made by ffmpeg.
+fn video(dir: &Path) -> Vec<u8> {
+    let path = dir.join("clip.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=duration=2:size=160x120:rate=10")
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=2",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(&path)
+        .status()
+        .expect("running ffmpeg (a prerequisite)");
+    assert!(status.success());
+    std::fs::read(path).unwrap()
+}
+
+/// Waits for a job to leave `queued`/`processing`; returns its JSON.
+async fn ended(s: &Spindle, token: &str, job_id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let job: serde_json::Value = support::client()
+            .get(format!("{}/jobs/{job_id}", s.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(job["status"].as_str(), Some("done" | "failed")) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_jobs_keep_their_record_and_mp3s_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let s = up(UpOptions::new(&manifest)
+        .arg("--variable")
+        .arg("mp3_ttl_days=1"));
+    let token = token(&s, "carol@example.com").await;
+    let part = reqwest::multipart::Part::bytes(video(dir.path())).file_name("clip.mp4");
+    let accepted: serde_json::Value = support::client()
+        .post(format!("{}/upload", s.url))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap();
+    let video_fid = accepted["video_fid"].as_str().unwrap();
+    let job = ended(&s, &token, job_id).await;
+    assert_eq!(job["status"], "done", "{job}");
+
+    // The video's bytes are gone (keep_videos is false); its record stays.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            s.state_dir
+                .join("blobs/videos")
+                .join(format!("{video_fid}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["length"], 0, "{record}");
+    let data = s
+        .state_dir
+        .join("blobs/videos")
+        .join(format!("{video_fid}.data"));
+    assert_eq!(std::fs::metadata(data).unwrap().len(), 0);
+
+    // A fresh MP3 downloads; one made two days ago (mp3_ttl_days = 1) is
+    // gone: 410, then 404.
+    let mp3_fid = job["mp3_fid"].as_str().unwrap();
+    let download = || {
+        support::client()
+            .get(format!("{}/download?fid={mp3_fid}", s.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(download().await.unwrap().status(), 200);
+    let description = s
+        .state_dir
+        .join("blobs/mp3s")
+        .join(format!("{mp3_fid}.json"));
+    let mut mp3: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&description).unwrap()).unwrap();
+    let two_days_ms = 2 * 24 * 3600 * 1000;
+    mp3["uploaded_at"] = (mp3["uploaded_at"].as_u64().unwrap() - two_days_ms).into();
+    std::fs::write(&description, mp3.to_string()).unwrap();
+    let msg = expect_json_error(download().await.unwrap(), 410).await;
+    assert!(msg.contains("expired"), "{msg}");
+    expect_json_error(download().await.unwrap(), 404).await;
+    assert!(!description.exists(), "the expired MP3 was deleted");
+}

@@ -208,6 +208,20 @@ impl Files {
         Ok(found)
     }
 
+    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+        let _guard = self.metadata_lock.lock().await;
+        let mut stored = self.load(bucket, id).await?;
+        let (data_path, info_path) = self.paths(bucket, id);
+        // The description first: a crash in between leaves unread bytes,
+        // never a description promising bytes that are gone.
+        stored.length = 0;
+        write_json(&info_path, &stored).await?;
+        match tokio::fs::File::create(&data_path).await {
+            Ok(_) => Ok(info(bucket, id, stored)),
+            Err(e) => Err(backend("emptying data", e)),
+        }
+    }
+
     pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), Error> {
         let (data_path, info_path) = self.paths(bucket, id);
         match tokio::fs::remove_file(&info_path).await {

@@ -212,6 +212,28 @@ impl GridFs {
         docs.iter().map(|d| info(bucket, d)).collect()
     }
 
+    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+        // fs.files first: a crash in between leaves orphaned chunks, never a
+        // file whose length promises chunks that are gone.
+        let result = self
+            .db(bucket)
+            .collection::<Document>("fs.files")
+            .update_one(doc! { "_id": id }, doc! { "$set": { "length": 0_i64 } })
+            .await
+            .map_err(|e| backend("updating fs.files", e))?;
+        if result.matched_count == 0 {
+            return Err(Error::NotFound(format!(
+                "no file {id} in bucket `{bucket}`"
+            )));
+        }
+        self.db(bucket)
+            .collection::<Document>("fs.chunks")
+            .delete_many(doc! { "files_id": id })
+            .await
+            .map_err(|e| backend("deleting from fs.chunks", e))?;
+        self.stat(bucket, id).await
+    }
+
     pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), Error> {
         match self
             .db(bucket)

@@ -124,6 +124,17 @@ impl BlobStore {
         }
     }
 
+    /// Empties a file but keeps its description (name, metadata): the
+    /// record of something whose bytes are no longer needed.
+    pub async fn drop_content(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
+        check_bucket(bucket)?;
+        let id = parse_id(id)?;
+        match self {
+            BlobStore::GridFs(g) => g.drop_content(bucket, id).await,
+            BlobStore::Files(f) => f.drop_content(bucket, id).await,
+        }
+    }
+
     pub async fn delete(&self, bucket: &str, id: &str) -> Result<(), Error> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;

@@ -146,6 +146,32 @@ async fn behaves(store: BlobStore, bucket: &str) {
     let (_, rx) = store.read(bucket, &empty.id, 0, None).await.unwrap();
     assert!(drain(rx).await.unwrap().is_empty());
 
+    // Dropping the content keeps the description, metadata included.
+    let kept = store
+        .create(
+            bucket,
+            NewFile {
+                filename: "record.mp4".into(),
+                content_type: Some("video/mp4".into()),
+                metadata: meta(&[("owner", &owner), ("state", "done")]),
+            },
+            feed(content()),
+        )
+        .await
+        .unwrap();
+    let emptied = store.drop_content(bucket, &kept.id).await.unwrap();
+    assert_eq!(emptied.length, 0);
+    let found = store.stat(bucket, &kept.id).await.unwrap();
+    assert_eq!((found.length, found.filename.as_str()), (0, "record.mp4"));
+    assert!(
+        found
+            .metadata
+            .contains(&("state".to_string(), "done".to_string()))
+    );
+    let (_, rx) = store.read(bucket, &kept.id, 0, None).await.unwrap();
+    assert!(drain(rx).await.unwrap().is_empty());
+    store.delete(bucket, &kept.id).await.unwrap();
+
     // Delete removes it; a second delete says so.
     store.delete(bucket, &created.id).await.unwrap();
     assert!(matches!(
