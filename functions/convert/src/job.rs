@@ -54,7 +54,8 @@ fn blob_reason(e: &BlobError) -> String {
         | BlobError::NotFound(m)
         | BlobError::Invalid(m)
         | BlobError::Aborted(m)
-        | BlobError::Backend(m) => m.clone(),
+        | BlobError::Backend(m)
+        | BlobError::StorageFull(m) => m.clone(),
     }
 }
 

@@ -133,6 +133,12 @@ pub fn blob_error(action: &str, e: store::Error) -> ApiError {
         store::Error::Aborted(m) => {
             ApiError::bad_request(format!("{action}: the upload was interrupted: {m}"))
         }
+        store::Error::StorageFull(m) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "{action}: the server's storage is full; nothing was stored, try again later ({m})"
+            ),
+        ),
         store::Error::Backend(m) => ApiError::unavailable(format!(
             "{action}: blob storage is unavailable, try again later: {m}"
         )),

@@ -216,7 +216,8 @@ fn blob_error_text(e: &store::Error) -> String {
         | store::Error::NotFound(m)
         | store::Error::Invalid(m)
         | store::Error::Aborted(m)
-        | store::Error::Backend(m) => m.clone(),
+        | store::Error::Backend(m)
+        | store::Error::StorageFull(m) => m.clone(),
     }
 }
 
@@ -233,9 +234,11 @@ fn stat_failure(job: &Mp3Ready, e: store::Error) -> Failure {
         store::Error::PermissionDenied(m) => Failure::Reject(format!(
             "{m}; a configuration error: grant it, then replay this dead letter"
         )),
-        store::Error::Aborted(m) | store::Error::Backend(m) => Failure::Retry(format!(
-            "blob storage failed while looking up the MP3 {fid} of job {id}: {m}"
-        )),
+        store::Error::Aborted(m) | store::Error::Backend(m) | store::Error::StorageFull(m) => {
+            Failure::Retry(format!(
+                "blob storage failed while looking up the MP3 {fid} of job {id}: {m}"
+            ))
+        }
     }
 }
 

@@ -222,3 +222,68 @@ async fn ended_jobs_keep_their_record_and_mp3s_expire() {
     expect_json_error(download().await.unwrap(), 404).await;
     assert!(!description.exists(), "the expired MP3 was deleted");
 }
+
+/// A small filesystem of the test's own (tmpfs; mounting needs root),
+/// unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_507_and_the_queue_keeps_working() {
+    let Some(disk) = SmallDisk::mount(8) else {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root; the disk-full test did not run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let mut opts = UpOptions::new(&manifest);
+    opts.state_dir = Some(disk.dir.path().to_path_buf());
+    let s = up(opts);
+    let token = token(&s, "dave@example.com").await;
+
+    // More than the disk holds.
+    let msg = expect_json_error(upload(&s, &token, 12 << 20).await, 507).await;
+    assert!(msg.contains("storage is full"), "{msg}");
+    let leftovers: Vec<_> = std::fs::read_dir(disk.dir.path().join("blobs").join("videos"))
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "nothing stored: {leftovers:?}");
+
+    // The space is back and the queue is intact: a real job goes through.
+    let part = reqwest::multipart::Part::bytes(video(dir.path())).file_name("clip.mp4");
+    let accepted: serde_json::Value = support::client()
+        .post(format!("{}/upload", s.url))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = ended(&s, &token, accepted["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "done", "{job}");
+    drop(s);
+}

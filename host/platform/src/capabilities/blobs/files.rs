@@ -31,6 +31,17 @@ fn backend(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("{what}: {e}"))
 }
 
+/// A write that failed: a full disk is said so, so the caller can answer
+/// 507 instead of "try again".
+fn write_failed(what: &str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            Error::StorageFull(format!("{what}: the disk of the blob store is full ({e})"))
+        }
+        _ => backend(what, e),
+    }
+}
+
 impl Files {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -77,11 +88,11 @@ impl Files {
             length += chunk.len() as u64;
             out.write_all(&chunk)
                 .await
-                .map_err(|e| backend("writing data", e))?;
+                .map_err(|e| write_failed("writing data", e))?;
         }
         out.sync_all()
             .await
-            .map_err(|e| backend("syncing data", e))?;
+            .map_err(|e| write_failed("syncing data", e))?;
         drop(out);
         let id = ObjectId::new();
         let (data_path, info_path) = self.paths(bucket, id);
@@ -94,7 +105,11 @@ impl Files {
             metadata: file.metadata.into_iter().collect(),
             uploaded_at: now_ms(),
         };
-        write_json(&info_path, &stored).await?;
+        if let Err(e) = write_json(&info_path, &stored).await {
+            // Without its description the data is unreachable: remove it.
+            let _ = tokio::fs::remove_file(&data_path).await;
+            return Err(e);
+        }
         Ok(info(bucket, id, stored))
     }
 
@@ -245,11 +260,11 @@ impl Files {
 async fn write_json(path: &Path, stored: &Stored) -> Result<(), Error> {
     let bytes = serde_json::to_vec(stored).map_err(|e| backend("encoding a description", e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| backend("writing a description", e))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| write_failed("writing a description", e))?;
     tokio::fs::write(tmp.path(), bytes)
         .await
-        .map_err(|e| backend("writing a description", e))?;
+        .map_err(|e| write_failed("writing a description", e))?;
     tmp.persist(path)
         .map_err(|e| backend("storing a description", e))?;
     Ok(())
