@@ -287,3 +287,79 @@ async fn a_full_disk_answers_507_and_the_queue_keeps_working() {
     assert_eq!(job["status"], "done", "{job}");
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_and_retention_on_mariadb_rabbitmq_and_gridfs() {
+    let (Ok(mysql), Ok(amqp)) = (
+        std::env::var("SPINDLE_TEST_MYSQL_URL"),
+        std::env::var("SPINDLE_TEST_AMQP_URL"),
+    ) else {
+        eprintln!(
+            "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run quotas and retention on MariaDB, RabbitMQ and GridFS"
+        );
+        return;
+    };
+    let db = support::TestDatabase::create(&mysql, "quota").await;
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[mysql]\nurl = \"{}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let clip = video(dir.path());
+    // Room for one video and its MP3, not for a second video.
+    let quota = clip.len() * 3 / 2 + 200_000;
+    let s = up(UpOptions::new(&manifest)
+        .arg("--runtime-config-file")
+        .arg(rc.display().to_string())
+        .arg("--variable")
+        .arg(format!("storage_quota_bytes={quota}")));
+    let email = format!("{}@example.com", support::unique("erin"));
+    let token = token(&s, &email).await;
+
+    let send = |bytes: Vec<u8>| {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4");
+        support::client()
+            .post(format!("{}/upload", s.url))
+            .bearer_auth(&token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    let accepted: serde_json::Value = send(clip.clone()).await.unwrap().json().await.unwrap();
+    let job = ended(&s, &token, accepted["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "done", "{job}");
+
+    // On GridFS too the video keeps only its record once the job is done.
+    let blobs =
+        spindle_platform::capabilities::blobs::BlobStore::connect(Some(&gridfs), dir.path())
+            .await
+            .unwrap();
+    let video_fid = accepted["video_fid"].as_str().unwrap();
+    let record = blobs.stat("videos", video_fid).await.unwrap();
+    assert_eq!(record.length, 0);
+    assert!(
+        record
+            .metadata
+            .contains(&("state".to_string(), "done".to_string()))
+    );
+
+    // The MP3 is counted: the video no longer is, so another fits once;
+    // past the quota, 413 and nothing stored.
+    assert_eq!(send(clip.clone()).await.unwrap().status(), 202);
+    let before = blobs.find("videos", "owner", &email).await.unwrap().len();
+    let msg = expect_json_error(send(vec![1u8; quota]).await.unwrap(), 413).await;
+    assert!(msg.contains("storage quota"), "{msg}");
+    assert_eq!(
+        blobs.find("videos", "owner", &email).await.unwrap().len(),
+        before
+    );
+}
