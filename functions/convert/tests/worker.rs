@@ -143,8 +143,20 @@ async fn worker(dir: &Path, config: &str) -> Worker {
 }
 
 async fn worker_with(dir: &Path, config: &str, settings: AppSettings) -> Worker {
-    let blobs = BlobStore::connect(None, dir).await.unwrap();
-    let broker = Broker::connect(None, dir, &["video", "mp3"]).await.unwrap();
+    worker_on(dir, config, settings, None, None).await
+}
+
+/// A worker on GridFS at `gridfs` and RabbitMQ at `amqp` where given, else
+/// on the embedded backends.
+async fn worker_on(
+    dir: &Path,
+    config: &str,
+    settings: AppSettings,
+    gridfs: Option<&str>,
+    amqp: Option<&str>,
+) -> Worker {
+    let blobs = BlobStore::connect(gridfs, dir).await.unwrap();
+    let broker = Broker::connect(amqp, dir, &["video", "mp3"]).await.unwrap();
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
@@ -581,7 +593,68 @@ async fn playlists_and_concat_lists_open_nothing_else() {
 async fn a_forged_message_converts_nothing_and_leaves_the_job_alone() {
     let dir = tempfile::tempdir().unwrap();
     let w = worker(dir.path(), "").await;
-    let video = store_video(&w.blobs, &short_video(dir.path()), "job-real").await;
+    let video = forged_messages_are_refused(&w, dir.path()).await;
+    // The real message still converts.
+    assert_eq!(
+        (w.handler)(delivery(message("job-real", &video.id), 1)).await,
+        Outcome::Ack
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_uploads_on_gridfs_and_rabbitmq() {
+    let Ok(amqp) = std::env::var("SPINDLE_TEST_AMQP_URL") else {
+        eprintln!(
+            "SKIPPED: set SPINDLE_TEST_AMQP_URL to run the worker's hostile-upload checks on RabbitMQ and GridFS"
+        );
+        return;
+    };
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker_on(
+        dir.path(),
+        "",
+        AppSettings::default(),
+        Some(&mongo.url()),
+        Some(&amqp),
+    )
+    .await;
+    forged_messages_are_refused(&w, dir.path()).await;
+    let bomb = dir.path().join("silence.flac");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "36000",
+            "-c:a",
+            "flac",
+        ],
+        &bomb,
+    );
+    let reason = expect_failed_job(&w, &bomb, "bomb-gridfs").await;
+    assert!(reason.contains("10 h 0 min 0 s"), "{reason}");
+    let list = dir.path().join("local.m3u8");
+    std::fs::write(
+        &list,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:3.0,\n{}\n#EXT-X-ENDLIST\n",
+            short_video(dir.path()).display()
+        ),
+    )
+    .unwrap();
+    expect_failed_job(&w, &list, "playlist-gridfs").await;
+}
+
+/// Messages naming a stored video with another account or job are
+/// dead-lettered, convert nothing and leave the job as it was; returns the
+/// video.
+async fn forged_messages_are_refused(w: &Worker, dir: &Path) -> FileInfo {
+    let video = store_video(&w.blobs, &short_video(dir), "job-real").await;
     let forged = [
         serde_json::to_vec(&JobMessage {
             v: 1,
@@ -623,11 +696,7 @@ async fn a_forged_message_converts_nothing_and_leaves_the_job_alone() {
             .unwrap()
             .is_empty()
     );
-    // The real message still converts.
-    assert_eq!(
-        (w.handler)(delivery(message("job-real", &video.id), 1)).await,
-        Outcome::Ack
-    );
+    video
 }
 
 /// Runs `program args` boxed like ffmpeg with `input` as its upload;
