@@ -222,6 +222,8 @@ pub struct App {
     listen_addr: SocketAddr,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work finishes.
     draining: std::sync::atomic::AtomicBool,
+    /// Requests reading their body ahead now (see the HTTP trigger).
+    read_aheads: Arc<tokio::sync::Semaphore>,
     // Dropped last: instances must be gone before the engine's ticker stops.
     runtime: Runtime,
 }
@@ -367,6 +369,9 @@ impl App {
             mailer,
             listen_addr,
             draining: std::sync::atomic::AtomicBool::new(false),
+            read_aheads: Arc::new(tokio::sync::Semaphore::new(
+                crate::trigger::http::body::READ_AHEADS,
+            )),
             runtime,
         });
         let weak: Weak<dyn InternalDispatch> = Arc::downgrade(&app) as Weak<dyn InternalDispatch>;
@@ -376,6 +381,11 @@ impl App {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Permits to read a request body ahead (see the HTTP trigger).
+    pub fn read_aheads(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.read_aheads
     }
 
     /// The `[limits]` every invocation runs under.

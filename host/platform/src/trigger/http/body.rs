@@ -198,6 +198,11 @@ impl Body for Progress {
 /// client trickling it never holds a component slot or an instance.
 pub const READ_AHEAD: usize = 64 * 1024;
 
+/// Requests that may be reading ahead at once, so read-ahead buffers take
+/// at most 64 MiB however many connections there are; beyond it requests
+/// go to their component unbuffered (their body still has its rate floor).
+pub const READ_AHEADS: usize = 1024;
+
 /// Why the body could not be read ahead.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadAheadError {
@@ -214,6 +219,8 @@ pub enum ReadAheadError {
 pub struct DrainOnDrop {
     ahead: std::collections::VecDeque<Frame<Bytes>>,
     ahead_bytes: u64,
+    /// One of [`READ_AHEADS`], held while read-ahead bytes are buffered.
+    ahead_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     inner: Option<Incoming>,
     ended: bool,
 }
@@ -223,14 +230,28 @@ impl DrainOnDrop {
         DrainOnDrop {
             ahead: std::collections::VecDeque::new(),
             ahead_bytes: 0,
+            ahead_permit: None,
             inner: Some(inner),
             ended: false,
         }
     }
 
     /// Reads up to `limit` bytes (or the whole body, if shorter) at no less
-    /// than `floor`, before any component is involved.
-    pub async fn read_ahead(&mut self, limit: usize, floor: MinRate) -> Result<(), ReadAheadError> {
+    /// than `floor`, before any component is involved; when all of
+    /// `permits` are taken it reads nothing ahead.
+    pub async fn read_ahead(
+        &mut self,
+        limit: usize,
+        floor: MinRate,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<(), ReadAheadError> {
+        if self.ended || self.inner.as_ref().is_none_or(Body::is_end_stream) {
+            return Ok(());
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            return Ok(());
+        };
+        self.ahead_permit = Some(permit);
         let mut rate = RateCheck::new(floor);
         while self.ahead_bytes < limit as u64 && !self.ended {
             let Some(inner) = self.inner.as_mut() else {
@@ -278,6 +299,9 @@ impl Body for DrainOnDrop {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if let Some(frame) = self.ahead.pop_front() {
             self.ahead_bytes -= frame.data_ref().map_or(0, |d| d.len() as u64);
+            if self.ahead.is_empty() {
+                self.ahead_permit = None;
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         if self.ended {

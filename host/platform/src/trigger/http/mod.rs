@@ -141,7 +141,10 @@ async fn handle(
     // is taken, so a client trickling it holds only its connection.
     let mut body = body::DrainOnDrop::new(body);
     let floor = body::MinRate::from_limits(app.limits());
-    if let Err(e) = body.read_ahead(body::READ_AHEAD, floor).await {
+    if let Err(e) = body
+        .read_ahead(body::READ_AHEAD, floor, app.read_aheads())
+        .await
+    {
         body.abandon();
         let mut response = match e {
             body::ReadAheadError::TooSlow(slow) => InvokeError::BodyTooSlow(slow).into_response(),
