@@ -27,6 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::{Method, Request, StatusCode};
+#[cfg(target_arch = "wasm32")]
 use spin_sdk::http_service;
 
 use http_util::{ApiError, HttpResponse};
@@ -38,7 +39,11 @@ use users::{StoreError, UserStore};
 const BASIC_CHALLENGE: &str = r#"Basic realm="spindle", charset="UTF-8""#;
 const BEARER_CHALLENGE: &str = r#"Bearer realm="spindle""#;
 
-#[http_service]
+/// The component's export. Only a wasm32 build exports it: a native build
+/// (for `cargo build` and the unit tests) cannot link the component-model
+/// export names.
+#[cfg_attr(target_arch = "wasm32", http_service)]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(req: Request) -> HttpResponse {
     route(req).await.unwrap_or_else(ApiError::into_response)
 }
