@@ -342,3 +342,34 @@ async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
     }
     assert!(outbox(&s.state_dir)[0].contains("after the broker came up"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mail_server_that_is_down_degrades_notify_but_leaves_the_host_ready() {
+    // Nothing listens on port 1: only notify, a queue handler, sends mail.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let (s, _rc) = up_with_config(
+        &manifest,
+        "[smtp]\nurl = \"smtp://127.0.0.1:1\"\nfrom = \"Spindle <noreply@spindle.test>\"\n",
+    );
+    let r = support::client()
+        .get(format!("{}/readyz", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    let mail = body["degraded"]["spindle:mail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(mail.contains("mail server"), "{body}");
+    // The routes work meanwhile.
+    let r = support::client()
+        .post(format!("{}/signup", s.url))
+        .json(&serde_json::json!({"email": "ready@example.com", "password": "long enough"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}

@@ -31,6 +31,7 @@ component = "hidden"
 source = "{tb}"
 allowed_outbound_hosts = ["http://hello-p2.spin.internal", "http://hidden.spin.internal"{extra_allowed}]
 blob_buckets = ["videos"]
+mysql_databases = ["default"]
 [component.testbed.variables]
 greeting = "{{{{ greeting }}}}, world"
 token = "{{{{ secret_token }}}}"
@@ -451,7 +452,8 @@ fn manifest_errors_stop_start_up_with_file_key_and_fix() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_the_backends() {
-    // A MySQL server that is not there: the host serves, but is not ready.
+    // A MySQL server that is not there, granted to a routed component: the
+    // host serves, but is not ready.
     let (dir, manifest) = write_manifest(&testbed_manifest(""));
     let rc = dir.path().join("runtime.toml");
     std::fs::write(&rc, "[mysql]\nurl = \"mysql://root@127.0.0.1:1/none\"\n").unwrap();

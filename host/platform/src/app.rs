@@ -517,25 +517,115 @@ impl App {
         component.invoke(request, route).await
     }
 
-    /// Checks that every configured backend answers.
-    pub async fn check_backends(&self) -> Result<()> {
-        tokio::time::timeout(Duration::from_secs(2), self.sql.ping())
-            .await
-            .context("the MySQL server did not answer within 2s")?
-            .context("the MySQL server is not answering")?;
-        tokio::time::timeout(Duration::from_secs(2), self.blobs.ping())
-            .await
-            .context("the blob store did not answer within 2s")?
-            .context("the blob store is not answering")?;
-        tokio::time::timeout(Duration::from_secs(2), self.broker.ping())
-            .await
-            .context("the queue broker did not answer within 2s")?
-            .context("the queue broker is not answering")?;
-        tokio::time::timeout(Duration::from_secs(2), self.mailer.ping())
-            .await
-            .context("the mail server did not answer within 2s")?
-            .context("the mail server is not answering")
+    /// Checks the configured backends. Those that HTTP components are
+    /// granted decide readiness; the rest (e.g. mail, which only the queue
+    /// handler notify uses) only degrade queue handlers, whose messages
+    /// wait and are retried, so they are reported without making the host
+    /// unready.
+    pub async fn readiness(&self) -> Readiness {
+        let needs = self.http_needs();
+        let checks = [
+            (
+                Capability::Sql,
+                needs.sql,
+                probe("the MySQL server", self.sql.ping()).await,
+            ),
+            (
+                Capability::Blobs,
+                needs.blobs,
+                probe("the blob store", self.blobs.ping()).await,
+            ),
+            (
+                Capability::Queue,
+                needs.queue,
+                probe("the queue broker", self.broker.ping()).await,
+            ),
+            (
+                Capability::Mail,
+                needs.mail,
+                probe("the mail server", self.mailer.ping()).await,
+            ),
+        ];
+        let mut readiness = Readiness::default();
+        for (capability, needed, result) in checks {
+            if let Err(e) = result {
+                let entry = (capability, format!("{e:#}"));
+                if needed {
+                    readiness.down.push(entry);
+                } else {
+                    readiness.degraded.push(entry);
+                }
+            }
+        }
+        readiness
     }
+
+    /// The capabilities the HTTP components (routed or private) are granted.
+    fn http_needs(&self) -> HttpNeeds {
+        let manifest = &self.loader.manifest;
+        let mut needs = HttpNeeds::default();
+        for route in &manifest.http_routes {
+            let Some(c) = manifest.components.get(&route.component) else {
+                continue;
+            };
+            needs.sql |= !c.mysql_databases.is_empty()
+                || c.allowed_outbound_hosts
+                    .iter()
+                    .any(|h| h.starts_with("mysql://"));
+            needs.blobs |= !c.blob_buckets.is_empty();
+            needs.queue |= !c.publish_queues.is_empty();
+            needs.mail |= c.send_mail;
+        }
+        needs
+    }
+}
+
+/// A capability whose backend readiness checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Sql,
+    Blobs,
+    Queue,
+    Mail,
+}
+
+impl Capability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Sql => "spin:mysql",
+            Capability::Blobs => "spindle:blobs",
+            Capability::Queue => "spindle:queue",
+            Capability::Mail => "spindle:mail",
+        }
+    }
+}
+
+/// What `/readyz` reports: backends HTTP routes need that are down (the
+/// host is not ready) and backends only queue handlers need (degraded).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub down: Vec<(Capability, String)>,
+    pub degraded: Vec<(Capability, String)>,
+}
+
+#[derive(Default)]
+struct HttpNeeds {
+    sql: bool,
+    blobs: bool,
+    queue: bool,
+    mail: bool,
+}
+
+/// Runs one backend check with a 2 s bound, naming the backend.
+async fn probe<E>(what: &str, check: impl Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: Into<anyhow::Error>,
+{
+    tokio::time::timeout(Duration::from_secs(2), check)
+        .await
+        .with_context(|| format!("{what} did not answer within 2s"))?
+        .map_err(Into::into)
+        .with_context(|| format!("{what} is not answering"))
 }
 
 fn running_queue(components: &Components, id: &str) -> Option<Arc<QueueComponent>> {

@@ -155,17 +155,7 @@ async fn route(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down; in-flight requests are finishing",
         ),
-        "/readyz" => match app.check_backends().await {
-            Ok(()) => host_response(
-                StatusCode::OK,
-                "application/json",
-                r#"{"status":"ready"}"#.into(),
-            ),
-            Err(e) => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not ready: {e:#}"),
-            ),
-        },
+        "/readyz" => readyz(app.readiness().await),
         "/metrics" => host_response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -178,6 +168,36 @@ async fn route(
             ),
         ),
     }
+}
+
+/// `/readyz`: 503 naming what is down when a backend HTTP routes need does
+/// not answer; otherwise 200, listing the capabilities that are down but
+/// only degrade queue handlers.
+fn readyz(readiness: crate::app::Readiness) -> http::Response<WasiBody> {
+    let listed = |entries: &[(crate::app::Capability, String)]| {
+        entries
+            .iter()
+            .map(|(c, why)| (c.name().to_string(), serde_json::Value::from(why.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    if !readiness.down.is_empty() {
+        let reasons: Vec<String> = readiness.down.iter().map(|(_, why)| why.clone()).collect();
+        let body = serde_json::json!({
+            "error": format!("not ready: {}", reasons.join("; ")),
+            "down": listed(&readiness.down),
+            "degraded": listed(&readiness.degraded),
+        });
+        return host_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            body.to_string(),
+        );
+    }
+    let body = serde_json::json!({
+        "status": if readiness.degraded.is_empty() { "ready" } else { "degraded" },
+        "degraded": listed(&readiness.degraded),
+    });
+    host_response(StatusCode::OK, "application/json", body.to_string())
 }
 
 /// The deploy API; `rest` is the path after `/components`.
