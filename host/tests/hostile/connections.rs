@@ -379,7 +379,7 @@ max_concurrency = 1
         let addr = addr(&s);
         tokio::spawn(async move { trickle(&addr, "POST /publish/jobs", slow(96 * 1024), "").await })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(
         honest(&c, &s).await,
         503,
