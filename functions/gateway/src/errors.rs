@@ -152,6 +152,12 @@ pub fn publish_error(e: publisher::Error) -> ApiError {
         publisher::Error::PermissionDenied(m) => ApiError::internal(format!(
             "server misconfigured: could not queue the job: {m}"
         )),
+        publisher::Error::StorageFull(m) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the server's storage is full, so the job could not be queued; nothing was stored, try again later ({m})"
+            ),
+        ),
         publisher::Error::Unavailable(m) => ApiError::unavailable(format!(
             "the job queue is unavailable, try the upload again later: {m}"
         )),

@@ -70,10 +70,13 @@ impl<T> wit::HostWithStore<T> for Publisher {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(broker
-            .publish(&queue, &body)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string())))
+        Ok(broker.publish(&queue, &body).await.map_err(|e| {
+            if e.is_storage_full() {
+                Error::StorageFull(e.to_string())
+            } else {
+                Error::Unavailable(e.to_string())
+            }
+        }))
     }
 }
 

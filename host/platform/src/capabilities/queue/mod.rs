@@ -181,6 +181,23 @@ pub enum QueueError {
     InvalidOptions(String),
 }
 
+impl QueueError {
+    /// Whether the queue's storage is full (the embedded queue's disk):
+    /// nothing was stored, and retrying only helps once there is room.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            QueueError::Store { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            QueueError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A connected queue backend. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub enum Broker {

@@ -114,3 +114,74 @@ async fn a_second_owner_is_refused() {
         .await
         .expect("free again once the first is gone");
 }
+
+/// A tmpfs of its own (mounting needs root), unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(kib: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?
+            .success();
+        mounted.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_messages_and_loses_none() {
+    let Some(disk) = SmallDisk::mount(1024) else {
+        eprintln!(
+            "SKIPPED: mounting a small tmpfs needs root; the full-disk queue test did not run"
+        );
+        return;
+    };
+    let dir = disk.0.path();
+    let broker = Broker::connect(None, dir, &[QUEUE]).await.expect("connect");
+    broker.publish(QUEUE, b"before").await.expect("publish");
+
+    // Fill what is left of the disk.
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut file, &block).is_ok() {}
+    drop(file);
+    let full = broker.publish(QUEUE, &vec![b'x'; 64 * 1024]).await;
+    let Err(e) = full else {
+        panic!("a message was accepted on a full disk");
+    };
+    assert!(e.is_storage_full(), "{e}");
+
+    // Room again: the queue takes messages and still has the first one.
+    std::fs::remove_file(&filler).expect("remove filler");
+    broker.publish(QUEUE, b"after").await.expect("publish");
+    let seen = Seen::default();
+    let s = seen.clone();
+    let consumer = broker
+        .consume(
+            QUEUE,
+            ConsumeOptions::default(),
+            handler(move |d| {
+                s.push(d);
+                async { Outcome::Ack }
+            }),
+        )
+        .await
+        .expect("consume");
+    let seen = seen.wait_until("both messages", |s| s.len() == 2).await;
+    consumer.stop().await;
+    let bodies: Vec<Vec<u8>> = seen.into_iter().map(|d| d.body).collect();
+    assert_eq!(bodies, vec![b"before".to_vec(), b"after".to_vec()]);
+}
