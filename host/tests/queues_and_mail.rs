@@ -373,3 +373,59 @@ async fn a_mail_server_that_is_down_degrades_notify_but_leaves_the_host_ready() 
         .unwrap();
     assert_eq!(r.status(), 201);
 }
+
+/// The value of the sample `name{queue="QUEUE"}` on `/metrics`.
+async fn queue_sample(s: &Spindle, name: &str, queue: &str) -> Option<f64> {
+    let text = support::client()
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{queue=\"{queue}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_metrics_count_every_delivery_and_outcome() {
+    let queue = "counted";
+    let (_m, manifest) = write_manifest(&manifest(queue));
+    let (s, _rc) = up_with_config(&manifest, "");
+    let families = [
+        "spindle_queue_messages_consumed_total",
+        "spindle_queue_messages_acked_total",
+        "spindle_queue_messages_retried_total",
+        "spindle_queue_messages_dead_lettered_total",
+        "spindle_queue_messages_in_flight",
+    ];
+    // Every series is there from start-up, before any message.
+    for name in families {
+        assert_eq!(queue_sample(&s, name, queue).await, Some(0.0), "{name}");
+    }
+    for i in 0..3 {
+        assert_eq!(publish(&s, queue, &format!("ok-{i}")).await.status(), 202);
+    }
+    // Two attempts each (max_attempts = 2): one retry, then a dead letter.
+    assert_eq!(publish(&s, queue, "retry").await.status(), 202);
+    assert_eq!(publish(&s, queue, "trap").await.status(), 202);
+    let expected = [7.0, 3.0, 2.0, 2.0, 0.0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut got = Vec::new();
+        for name in families {
+            got.push(queue_sample(&s, name, queue).await.unwrap_or(-1.0));
+        }
+        if got == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumed, acked, retried, dead-lettered, in flight: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -19,11 +20,38 @@ pub struct ComponentLabels {
     pub component: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<ComponentLabels, Histogram>,
     instantiation: Family<ComponentLabels, Histogram>,
+    queue: QueueFamilies,
+}
+
+/// Per-queue message counts of the queue triggers.
+struct QueueFamilies {
+    consumed: Family<QueueLabels, Counter>,
+    acked: Family<QueueLabels, Counter>,
+    retried: Family<QueueLabels, Counter>,
+    dead_lettered: Family<QueueLabels, Counter>,
+    in_flight: Family<QueueLabels, Gauge>,
+    duration: Family<QueueLabels, Histogram>,
+}
+
+/// One queue's metrics, shared by every delivery its trigger handles.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub consumed: Counter,
+    pub acked: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub in_flight: Gauge,
+    pub duration: Histogram,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -56,11 +84,50 @@ impl Default for Metrics {
             "Time to create a component instance, by component",
             instantiation.clone(),
         );
+        let queue = QueueFamilies {
+            consumed: Family::default(),
+            acked: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            in_flight: Family::default(),
+            duration: Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "queue_messages_consumed",
+            "Messages a queue trigger took, by queue (every delivery, redeliveries included)",
+            queue.consumed.clone(),
+        );
+        registry.register(
+            "queue_messages_acked",
+            "Messages handled and acknowledged, by queue",
+            queue.acked.clone(),
+        );
+        registry.register(
+            "queue_messages_retried",
+            "Deliveries that failed and will be retried, by queue",
+            queue.retried.clone(),
+        );
+        registry.register(
+            "queue_messages_dead_lettered",
+            "Messages sent to the dead-letter queue, by queue",
+            queue.dead_lettered.clone(),
+        );
+        registry.register(
+            "queue_messages_in_flight",
+            "Messages being handled now, by queue",
+            queue.in_flight.clone(),
+        );
+        registry.register(
+            "queue_handler_duration_seconds",
+            "Time to handle one delivery, by queue",
+            queue.duration.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             instantiation,
+            queue,
         }
     }
 }
@@ -87,6 +154,23 @@ impl Metrics {
                 component: component.into(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics of `queue`; its series exist from this call on, so they
+    /// show (at 0) before any message arrives.
+    pub fn queue(&self, queue: &str) -> QueueMetrics {
+        let labels = QueueLabels {
+            queue: queue.to_string(),
+        };
+        let families = &self.queue;
+        QueueMetrics {
+            consumed: families.consumed.get_or_create(&labels).clone(),
+            acked: families.acked.get_or_create(&labels).clone(),
+            retried: families.retried.get_or_create(&labels).clone(),
+            dead_lettered: families.dead_lettered.get_or_create(&labels).clone(),
+            in_flight: families.in_flight.get_or_create(&labels).clone(),
+            duration: families.duration.get_or_create(&labels).clone(),
+        }
     }
 
     /// The registry in Prometheus text format.
