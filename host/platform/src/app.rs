@@ -370,7 +370,7 @@ impl App {
             listen_addr,
             draining: std::sync::atomic::AtomicBool::new(false),
             read_aheads: Arc::new(tokio::sync::Semaphore::new(
-                crate::trigger::http::body::READ_AHEADS,
+                runtime_config.limits.max_read_aheads as usize,
             )),
             runtime,
         });

@@ -77,6 +77,13 @@ pub struct Limits {
     pub min_body_rate_bytes_per_sec: u64,
     /// How long a request body may stay under `min_body_rate_bytes_per_sec`.
     pub body_rate_grace_secs: f64,
+    /// Request body bytes read before the request takes a component slot
+    /// or an instance (a whole login or signup), under the rate floor.
+    pub read_ahead_bytes: usize,
+    /// Requests that may read ahead at once; beyond it a request goes to
+    /// its component unbuffered. Bounds read-ahead memory to
+    /// `read_ahead_bytes x max_read_aheads`.
+    pub max_read_aheads: u32,
     /// Concurrent invocations of one component, unless
     /// `[limits.components.NAME]` says otherwise.
     pub max_concurrency: u32,
@@ -111,6 +118,8 @@ impl Default for Limits {
             max_connections: 0,
             min_body_rate_bytes_per_sec: 1024,
             body_rate_grace_secs: 10.0,
+            read_ahead_bytes: 64 * 1024,
+            max_read_aheads: 1024,
             max_concurrency: 64,
             queue_timeout_secs: 5.0,
             memory_budget_mb: 0,
@@ -126,10 +135,6 @@ impl Limits {
 
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.body_timeout_secs)
-    }
-
-    pub fn memory_limit_bytes(&self) -> usize {
-        mib_to_bytes(self.memory_limit_mb)
     }
 
     /// Component `id`'s per-instance memory cap.

@@ -277,11 +277,6 @@ impl Gate {
         }
     }
 
-    /// Linear memory one instance may grow to.
-    pub fn memory_limit(&self) -> usize {
-        self.memory_limit
-    }
-
     pub fn memory_limit_mb(&self) -> u64 {
         self.memory_limit as u64 / MIB
     }

@@ -72,7 +72,10 @@ impl Runtime {
                 .context("starting the epoch thread")?;
         }
         let budget = MemoryBudget::new(limits.memory_budget_mb);
-        tracing::debug!("guest memory budget: {} MiB", budget.total_mb());
+        tracing::info!(
+            "component memory budget: {} MiB for all instances together ([limits] memory_budget_mb)",
+            budget.total_mb()
+        );
         Ok(Runtime {
             engine,
             limits,
@@ -87,11 +90,6 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    /// The memory all instances together may hold.
-    pub fn budget(&self) -> &MemoryBudget {
-        &self.budget
     }
 
     /// Admission for component `id`: its cap, its memory limit, the budget.

@@ -193,16 +193,6 @@ impl Body for Progress {
     }
 }
 
-/// Request bytes read before the request is handed to a component: a body
-/// that small (a login, a signup, a form) has then fully arrived, and a
-/// client trickling it never holds a component slot or an instance.
-pub const READ_AHEAD: usize = 64 * 1024;
-
-/// Requests that may be reading ahead at once, so read-ahead buffers take
-/// at most 64 MiB however many connections there are; beyond it requests
-/// go to their component unbuffered (their body still has its rate floor).
-pub const READ_AHEADS: usize = 1024;
-
 /// Why the body could not be read ahead.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadAheadError {
@@ -219,7 +209,7 @@ pub enum ReadAheadError {
 pub struct DrainOnDrop {
     ahead: std::collections::VecDeque<Frame<Bytes>>,
     ahead_bytes: u64,
-    /// One of [`READ_AHEADS`], held while read-ahead bytes are buffered.
+    /// A read-ahead permit, held while read-ahead bytes are buffered.
     ahead_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     inner: Option<Incoming>,
     ended: bool,
@@ -237,8 +227,10 @@ impl DrainOnDrop {
     }
 
     /// Reads up to `limit` bytes (or the whole body, if shorter) at no less
-    /// than `floor`, before any component is involved; when all of
-    /// `permits` are taken it reads nothing ahead.
+    /// than `floor`, before any component is involved, so a client
+    /// trickling a small body (a login, a signup) holds no component slot
+    /// or instance; when all of `permits` are taken (which bounds the
+    /// memory these buffers use) it reads nothing ahead.
     pub async fn read_ahead(
         &mut self,
         limit: usize,

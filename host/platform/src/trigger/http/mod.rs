@@ -142,7 +142,7 @@ async fn handle(
     let mut body = body::DrainOnDrop::new(body);
     let floor = body::MinRate::from_limits(app.limits());
     if let Err(e) = body
-        .read_ahead(body::READ_AHEAD, floor, app.read_aheads())
+        .read_ahead(app.limits().read_ahead_bytes, floor, app.read_aheads())
         .await
     {
         body.abandon();
