@@ -10,35 +10,11 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::smtp_server::{SmtpServer, TlsMode};
 use support::{Spindle, UpOptions, expect_json_error, unique, up, up_fails};
-
-/// A `secs`-second MP4 (mpeg4 video, AAC audio) made by ffmpeg.
-fn make_video(dir: &Path, name: &str, secs: u32) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc=duration={secs}:size=320x240:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
-        .args(["-c:v", "mpeg4", "-q:v", "8", "-c:a", "aac", "-shortest"])
-        .arg(&path)
-        .status()
-        .expect("running ffmpeg (a prerequisite: install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not make the test video");
-    path
-}
 
 /// ffprobe's first audio codec and the container's duration in seconds.
 fn probe(path: &Path) -> (String, f64) {
@@ -331,7 +307,7 @@ fn wait_for_outbox(spindle: &Spindle, n: usize) -> Vec<String> {
 async fn video_to_mp3_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = support::app_manifest(dir.path());
-    let video = make_video(dir.path(), "clip.mp4", 12);
+    let video = support::make_video(dir.path(), "clip.mp4", 12);
     let spindle = up(UpOptions::new(&manifest));
     let client = Client::new(&spindle);
     let email = format!("{}@example.com", unique("listener"));
@@ -354,7 +330,7 @@ async fn video_to_mp3_on_embedded_defaults() {
 async fn bad_input_is_refused_and_good_work_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = support::app_manifest(dir.path());
-    let video = make_video(dir.path(), "good.mp4", 10);
+    let video = support::make_video(dir.path(), "good.mp4", 10);
     let max = 4 * 1024 * 1024;
     let spindle = up(UpOptions::new(&manifest)
         .arg("--variable")
@@ -551,31 +527,23 @@ fn missing_ffmpeg_is_said_plainly_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn video_to_mp3_on_real_servers() {
-    let (Ok(mysql), Ok(amqp)) = (
-        std::env::var("SPINDLE_TEST_MYSQL_URL"),
-        std::env::var("SPINDLE_TEST_AMQP_URL"),
-    ) else {
+    let Some(servers) = support::RealServers::start("app").await else {
         eprintln!(
             "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run the app on MariaDB and RabbitMQ"
         );
         return;
     };
-    // A database of this run's own: see support::TestDatabase.
-    let db = support::TestDatabase::create(&mysql, "app").await;
-    let mysql = db.url.clone();
-    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+    let amqp = servers.amqp.clone();
     let smtp = SmtpServer::start(TlsMode::Plain);
     let dir = tempfile::tempdir().unwrap();
     let manifest = support::app_manifest(dir.path());
-    let video = make_video(dir.path(), "clip.mp4", 15);
+    let video = support::make_video(dir.path(), "clip.mp4", 15);
     let rc = dir.path().join("runtime.toml");
     std::fs::write(
         &rc,
         format!(
-            "[mysql]\nurl = \"{mysql}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n[smtp]\nurl = \"{}\"\nfrom = \"Spindle <noreply@spindle.test>\"\n",
+            "{}[smtp]\nurl = \"{}\"\nfrom = \"Spindle <noreply@spindle.test>\"\n",
+            servers.runtime_config(),
             smtp.url()
         ),
     )
@@ -617,10 +585,12 @@ async fn video_to_mp3_on_real_servers() {
         "the redelivery was seen: {}",
         spindle.stderr()
     );
-    let blobs =
-        spindle_platform::capabilities::blobs::BlobStore::connect(Some(&gridfs), dir.path())
-            .await
-            .unwrap();
+    let blobs = spindle_platform::capabilities::blobs::BlobStore::connect(
+        Some(&servers.gridfs),
+        dir.path(),
+    )
+    .await
+    .unwrap();
     let mp3s = blobs.find("mp3s", "job_id", &job_id).await.unwrap();
     assert_eq!(mp3s.len(), 1, "one MP3 for the job");
     std::thread::sleep(Duration::from_secs(2));

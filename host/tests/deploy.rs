@@ -484,30 +484,17 @@ async fn until_version(c: &reqwest::Client, s: &Spindle, expected: &str) -> Dura
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_reaches_every_replica_and_survives_restarts() {
-    let (Ok(mysql), Ok(amqp)) = (
-        std::env::var("SPINDLE_TEST_MYSQL_URL"),
-        std::env::var("SPINDLE_TEST_AMQP_URL"),
-    ) else {
+    let Some(servers) = support::RealServers::start("deploy").await else {
         eprintln!(
             "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run two replicas on MariaDB, RabbitMQ and the MongoDB test server"
         );
         return;
     };
-    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
     let dir = tempfile::tempdir().unwrap();
     let (v1, v2) = probe_versions(dir.path());
     let manifest = probe_manifest(dir.path(), &v1);
     let rc = dir.path().join("runtime.toml");
-    std::fs::write(
-        &rc,
-        format!(
-            "[mysql]\nurl = \"{mysql}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&rc, servers.runtime_config()).unwrap();
     let replica = || {
         up(UpOptions::new(&manifest)
             .arg("--runtime-config-file")

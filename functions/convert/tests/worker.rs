@@ -71,6 +71,25 @@ fn long_audio(dir: &Path) -> PathBuf {
     out
 }
 
+/// ~7 MB of FLAC (silence) that decodes to 10 hours of audio.
+fn audio_bomb(dir: &Path) -> PathBuf {
+    let out = dir.join("silence.flac");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "36000",
+            "-c:a",
+            "flac",
+        ],
+        &out,
+    );
+    out
+}
+
 fn manifest(dir: &Path, queue: &str) -> PathBuf {
     let path = dir.join("spin.toml");
     std::fs::write(
@@ -462,25 +481,24 @@ async fn expect_failed_job(w: &Worker, file: &Path, job_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ten_hour_audio_bomb_fails_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let bomb = dir.path().join("silence.flac");
-    // ~7 MB of FLAC that decodes to 10 hours of audio.
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "anullsrc=r=8000:cl=mono",
-            "-t",
-            "36000",
-            "-c:a",
-            "flac",
-        ],
-        &bomb,
-    );
+    let bomb = audio_bomb(dir.path());
     let w = worker(dir.path(), "").await;
+    // A normal job beside it is converted as usual.
+    let normal = store_video(&w.blobs, &short_video(dir.path()), "beside-the-bomb").await;
     let started = Instant::now();
-    let reason = expect_failed_job(&w, &bomb, "bomb").await;
-    eprintln!("the bomb failed after {:.1?}: {reason}", started.elapsed());
+    let converting = async {
+        let outcome = (w.handler)(delivery(message("beside-the-bomb", &normal.id), 1)).await;
+        (outcome, started.elapsed())
+    };
+    let failing = async {
+        let reason = expect_failed_job(&w, &bomb, "bomb").await;
+        (reason, started.elapsed())
+    };
+    let ((outcome, normal_took), (reason, bomb_took)) = tokio::join!(converting, failing);
+    eprintln!(
+        "the bomb failed after {bomb_took:.1?} ({reason}); the job beside it took {normal_took:.1?}"
+    );
+    assert_eq!(outcome, Outcome::Ack, "the normal job converts");
     assert!(
         reason.contains("10 h 0 min 0 s") && reason.contains("at most 3 h 0 min 0 s"),
         "{reason}"
@@ -622,20 +640,7 @@ async fn hostile_uploads_on_gridfs_and_rabbitmq() {
     )
     .await;
     forged_messages_are_refused(&w, dir.path()).await;
-    let bomb = dir.path().join("silence.flac");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "anullsrc=r=8000:cl=mono",
-            "-t",
-            "36000",
-            "-c:a",
-            "flac",
-        ],
-        &bomb,
-    );
+    let bomb = audio_bomb(dir.path());
     let reason = expect_failed_job(&w, &bomb, "bomb-gridfs").await;
     assert!(reason.contains("10 h 0 min 0 s"), "{reason}");
     let list = dir.path().join("local.m3u8");

@@ -38,8 +38,9 @@ async fn token(s: &Spindle, email: &str) -> String {
         .unwrap()
 }
 
-async fn upload(s: &Spindle, token: &str, bytes: usize) -> reqwest::Response {
-    let part = reqwest::multipart::Part::bytes(vec![7u8; bytes]).file_name("clip.mp4");
+/// Uploads `bytes` as the form's one file.
+async fn upload(s: &Spindle, token: &str, bytes: Vec<u8>) -> reqwest::Response {
+    let part = reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4");
     support::client()
         .post(format!("{}/upload", s.url))
         .bearer_auth(token)
@@ -73,23 +74,23 @@ async fn uploads_past_the_storage_quota_or_the_jobs_in_flight_store_nothing() {
     let bob = token(&s, "bob@example.com").await;
 
     for _ in 0..2 {
-        assert_eq!(upload(&s, &alice, 100_000).await.status(), 202);
+        assert_eq!(upload(&s, &alice, vec![7; 100_000]).await.status(), 202);
     }
     // 200,000 of 250,000 bytes used: another 100,000 do not fit, with or
     // without a Content-Length (reqwest sends one; the limit is also
     // enforced as the body streams).
-    let msg = expect_json_error(upload(&s, &alice, 100_000).await, 413).await;
+    let msg = expect_json_error(upload(&s, &alice, vec![7; 100_000]).await, 413).await;
     assert!(
         msg.contains("use 200000 of 250000 bytes") && msg.contains("50000 more"),
         "{msg}"
     );
     assert_eq!(stored_videos(&s), 2, "the refused upload stored nothing");
     // What still fits is taken; the quota is per account.
-    assert_eq!(upload(&s, &alice, 40_000).await.status(), 202);
-    assert_eq!(upload(&s, &bob, 100_000).await.status(), 202);
+    assert_eq!(upload(&s, &alice, vec![7; 40_000]).await.status(), 202);
+    assert_eq!(upload(&s, &bob, vec![7; 100_000]).await.status(), 202);
 
     // Alice now has three jobs queued (no worker runs): a fourth waits.
-    let r = upload(&s, &alice, 1_000).await;
+    let r = upload(&s, &alice, vec![7; 1_000]).await;
     let retry = r
         .headers()
         .get("retry-after")
@@ -104,36 +105,9 @@ async fn uploads_past_the_storage_quota_or_the_jobs_in_flight_store_nothing() {
     assert_eq!(stored_videos(&s), 4);
 }
 
-/// A short video made by ffmpeg.
+/// A 2 s video made by ffmpeg.
 fn video(dir: &Path) -> Vec<u8> {
-    let path = dir.join("clip.mp4");
-    let status = std::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc=duration=2:size=160x120:rate=10")
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=duration=2",
-            "-c:v",
-            "mpeg4",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(&path)
-        .status()
-        .expect("running ffmpeg (a prerequisite)");
-    assert!(status.success());
-    std::fs::read(path).unwrap()
+    std::fs::read(support::make_video(dir, "clip.mp4", 2)).unwrap()
 }
 
 /// Waits for a job to leave `queued`/`processing`; returns its JSON.
@@ -165,14 +139,8 @@ async fn ended_jobs_keep_their_record_and_mp3s_expire() {
         .arg("--variable")
         .arg("mp3_ttl_days=1"));
     let token = token(&s, "carol@example.com").await;
-    let part = reqwest::multipart::Part::bytes(video(dir.path())).file_name("clip.mp4");
-    let accepted: serde_json::Value = support::client()
-        .post(format!("{}/upload", s.url))
-        .bearer_auth(&token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
+    let accepted: serde_json::Value = upload(&s, &token, video(dir.path()))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -264,7 +232,7 @@ async fn a_full_disk_answers_507_and_the_queue_keeps_working() {
     let token = token(&s, "dave@example.com").await;
 
     // More than the disk holds.
-    let msg = expect_json_error(upload(&s, &token, 12 << 20).await, 507).await;
+    let msg = expect_json_error(upload(&s, &token, vec![7; 12 << 20]).await, 507).await;
     assert!(msg.contains("storage is full"), "{msg}");
     let leftovers: Vec<_> = std::fs::read_dir(disk.dir.path().join("blobs").join("videos"))
         .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
@@ -272,14 +240,8 @@ async fn a_full_disk_answers_507_and_the_queue_keeps_working() {
     assert!(leftovers.is_empty(), "nothing stored: {leftovers:?}");
 
     // The space is back and the queue is intact: a real job goes through.
-    let part = reqwest::multipart::Part::bytes(video(dir.path())).file_name("clip.mp4");
-    let accepted: serde_json::Value = support::client()
-        .post(format!("{}/upload", s.url))
-        .bearer_auth(&token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
+    let accepted: serde_json::Value = upload(&s, &token, video(dir.path()))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -290,31 +252,16 @@ async fn a_full_disk_answers_507_and_the_queue_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quota_and_retention_on_mariadb_rabbitmq_and_gridfs() {
-    let (Ok(mysql), Ok(amqp)) = (
-        std::env::var("SPINDLE_TEST_MYSQL_URL"),
-        std::env::var("SPINDLE_TEST_AMQP_URL"),
-    ) else {
+    let Some(servers) = support::RealServers::start("quota").await else {
         eprintln!(
             "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run quotas and retention on MariaDB, RabbitMQ and GridFS"
         );
         return;
     };
-    let db = support::TestDatabase::create(&mysql, "quota").await;
-    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
     let dir = tempfile::tempdir().unwrap();
     let manifest = support::app_manifest(dir.path());
     let rc = dir.path().join("runtime.toml");
-    std::fs::write(
-        &rc,
-        format!(
-            "[mysql]\nurl = \"{}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{amqp}\"\n",
-            db.url
-        ),
-    )
-    .unwrap();
+    std::fs::write(&rc, servers.runtime_config()).unwrap();
     let clip = video(dir.path());
     // Room for one video and its MP3, not for a second video.
     let quota = clip.len() * 3 / 2 + 200_000;
@@ -326,23 +273,17 @@ async fn quota_and_retention_on_mariadb_rabbitmq_and_gridfs() {
     let email = format!("{}@example.com", support::unique("erin"));
     let token = token(&s, &email).await;
 
-    let send = |bytes: Vec<u8>| {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4");
-        support::client()
-            .post(format!("{}/upload", s.url))
-            .bearer_auth(&token)
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-    };
-    let accepted: serde_json::Value = send(clip.clone()).await.unwrap().json().await.unwrap();
+    let accepted: serde_json::Value = upload(&s, &token, clip.clone()).await.json().await.unwrap();
     let job = ended(&s, &token, accepted["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "done", "{job}");
 
     // On GridFS too the video keeps only its record once the job is done.
-    let blobs =
-        spindle_platform::capabilities::blobs::BlobStore::connect(Some(&gridfs), dir.path())
-            .await
-            .unwrap();
+    let blobs = spindle_platform::capabilities::blobs::BlobStore::connect(
+        Some(&servers.gridfs),
+        dir.path(),
+    )
+    .await
+    .unwrap();
     let video_fid = accepted["video_fid"].as_str().unwrap();
     let record = blobs.stat("videos", video_fid).await.unwrap();
     assert_eq!(record.length, 0);
@@ -354,9 +295,9 @@ async fn quota_and_retention_on_mariadb_rabbitmq_and_gridfs() {
 
     // The MP3 is counted: the video no longer is, so another fits once;
     // past the quota, 413 and nothing stored.
-    assert_eq!(send(clip.clone()).await.unwrap().status(), 202);
+    assert_eq!(upload(&s, &token, clip.clone()).await.status(), 202);
     let before = blobs.find("videos", "owner", &email).await.unwrap().len();
-    let msg = expect_json_error(send(vec![1u8; quota]).await.unwrap(), 413).await;
+    let msg = expect_json_error(upload(&s, &token, vec![1u8; quota]).await, 413).await;
     assert!(msg.contains("storage quota"), "{msg}");
     assert_eq!(
         blobs.find("videos", "owner", &email).await.unwrap().len(),

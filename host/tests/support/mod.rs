@@ -468,3 +468,70 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// A video of `secs` seconds (a test pattern and a sine tone, MPEG-4 and
+/// AAC) made by ffmpeg in `dir`.
+pub fn make_video(dir: &Path, name: &str, secs: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc=duration={secs}:size=320x240:rate=25"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={secs}"))
+        .args(["-c:v", "mpeg4", "-q:v", "8", "-c:a", "aac", "-shortest"])
+        .arg(&path)
+        .status()
+        .expect("running ffmpeg (a prerequisite: install ffmpeg)");
+    assert!(status.success(), "ffmpeg could not make the test video");
+    path
+}
+
+/// The real servers the app runs on: MariaDB (a database of this run's
+/// own), RabbitMQ, and GridFS (a real `mongod` at
+/// `SPINDLE_TEST_MONGODB_URL`, else the wire-protocol test server).
+pub struct RealServers {
+    pub db: TestDatabase,
+    pub amqp: String,
+    pub gridfs: String,
+    _mongo: mongo_wire::ServerHandle,
+}
+
+impl RealServers {
+    /// `None` when `SPINDLE_TEST_MYSQL_URL` or `SPINDLE_TEST_AMQP_URL` is
+    /// unset; the caller says it skipped.
+    pub async fn start(tag: &str) -> Option<RealServers> {
+        let (Ok(mysql), Ok(amqp)) = (
+            std::env::var("SPINDLE_TEST_MYSQL_URL"),
+            std::env::var("SPINDLE_TEST_AMQP_URL"),
+        ) else {
+            return None;
+        };
+        let db = TestDatabase::create(&mysql, tag).await;
+        let mongo = mongo_wire::start("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("starting the MongoDB test server");
+        let gridfs = std::env::var("SPINDLE_TEST_MONGODB_URL").unwrap_or_else(|_| mongo.url());
+        Some(RealServers {
+            db,
+            amqp,
+            gridfs,
+            _mongo: mongo,
+        })
+    }
+
+    /// The runtime config's `[mysql]`, `[gridfs]` and `[amqp]` sections.
+    pub fn runtime_config(&self) -> String {
+        format!(
+            "[mysql]\nurl = \"{}\"\n[gridfs]\nurl = \"{}\"\n[amqp]\nurl = \"{}\"\n",
+            self.db.url, self.gridfs, self.amqp
+        )
+    }
+}
