@@ -27,6 +27,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// List the components of a running `spindle up`: versions, routes, queues.
     Status(StatusArgs),
+    /// List a queue's dead letters, or put them back on the queue (--replay).
+    DeadLetters(DeadLettersArgs),
 }
 
 /// Where the running host's admin API is, and its token.
@@ -68,6 +70,23 @@ pub struct DeployArgs {
 pub struct RollbackArgs {
     /// The component to roll back.
     pub component: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct DeadLettersArgs {
+    /// The queue whose dead letters (QUEUE.dead) to show.
+    pub queue: String,
+    /// Put them back on the queue, oldest first, with their attempts reset.
+    #[arg(long)]
+    pub replay: bool,
+    /// How many to list or replay (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Print the admin API's JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -1,12 +1,13 @@
-//! `spindle deploy`, `spindle rollback` and `spindle status`: clients of a
+//! `spindle deploy`, `spindle rollback`, `spindle status` and
+//! `spindle dead-letters`: clients of a
 //! running host's admin API (see `spindle_platform::admin`). The token comes
 //! from `SPINDLE_ADMIN_TOKEN`, or else from `<state-dir>/admin-token`, which
 //! `spindle up` generates when that variable is unset.
 
-use crate::cli::{AdminArgs, DeployArgs, RollbackArgs};
+use crate::cli::{AdminArgs, DeadLettersArgs, DeployArgs, RollbackArgs};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use spindle_platform::admin::token;
+use spindle_platform::admin::{DeadLetterView, ReplayReport, token};
 use spindle_platform::manifest::Manifest;
 use std::path::Path;
 
@@ -247,5 +248,63 @@ pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
             current["host"].as_str().unwrap_or("?")
         );
     }
+    Ok(())
+}
+
+pub async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
+    let queue = &args.queue;
+    let (method, path) = if args.replay {
+        (
+            reqwest::Method::POST,
+            format!("/queues/{queue}/dead-letters/replay?limit={}", args.limit),
+        )
+    } else {
+        (
+            reqwest::Method::GET,
+            format!("/queues/{queue}/dead-letters?limit={}", args.limit),
+        )
+    };
+    let answer = send(&args.admin, request(&args.admin, method, &path)?).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    if args.replay {
+        let report: ReplayReport =
+            serde_json::from_value(answer).context("reading the admin API's answer")?;
+        println!(
+            "Replayed {} dead letter(s) of `{}` onto the queue, attempts reset",
+            report.replayed, report.queue
+        );
+        return Ok(());
+    }
+    let letters: Vec<DeadLetterView> =
+        serde_json::from_value(answer).context("reading the admin API's answer")?;
+    if letters.is_empty() {
+        println!("No dead letters in `{queue}`");
+        return Ok(());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    println!("{:36}  {:7}  {:9}  REASON", "MESSAGE-ID", "ATTEMPT", "AGE");
+    for letter in &letters {
+        let age = letter.dead_at_ms.map_or("?".to_string(), |at| {
+            format!("{}s", now_ms.saturating_sub(at) / 1000)
+        });
+        println!(
+            "{:36}  {:7}  {:9}  {}",
+            letter.message_id, letter.attempt, age, letter.reason
+        );
+        println!(
+            "{:36}  body: {}",
+            "",
+            letter.body.chars().take(200).collect::<String>()
+        );
+    }
+    println!(
+        "{} dead letter(s); `spindle dead-letters {queue} --replay` puts them back",
+        letters.len()
+    );
     Ok(())
 }

@@ -36,6 +36,9 @@ fn main() -> std::process::ExitCode {
         cli::Command::Status(args) => {
             client_runtime().and_then(|rt| rt.block_on(client::status(args.admin, args.json)))
         }
+        cli::Command::DeadLetters(args) => {
+            client_runtime().and_then(|rt| rt.block_on(client::dead_letters(args)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -98,7 +98,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             })
             .with_context(|| args.manifest.display().to_string())?;
         let settings = convert::app_settings(&variables)?;
-        let handler = convert::handler(
+        let worker = convert::worker(
             blobs.clone(),
             broker.clone(),
             &convert_config,
@@ -106,7 +106,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             settings,
         )
         .await?;
-        workers.insert(convert::WORKER.to_string(), handler);
+        workers.insert(convert::WORKER.to_string(), worker);
     }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;

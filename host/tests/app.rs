@@ -601,3 +601,548 @@ async fn video_to_mp3_on_real_servers() {
         .count();
     assert_eq!(again, 1, "the redelivery sent no second email");
 }
+
+impl Client {
+    /// Logs an existing account in; returns the JWT.
+    async fn login(&self, email: &str) -> String {
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{email}:correct horse battery"));
+        let resp = self
+            .http
+            .post(format!("{}/login", self.url))
+            .header("authorization", format!("Basic {basic}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "login");
+        resp.text().await.unwrap()
+    }
+}
+
+/// The descriptions (`*.json`) of a bucket of the file blob store.
+fn stored_files(state: &Path, bucket: &str) -> Vec<(String, Value)> {
+    let dir = state.join("blobs").join(bucket);
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name.strip_suffix(".json")?.to_string();
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    Some((
+                        id,
+                        serde_json::from_str(&text).expect("a whole description"),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `spindle up` on embedded defaults is SIGKILLed at random moments while
+/// uploads and conversions run, eight times; then it runs to the end.
+/// Every upload that got 202 ends `done` with exactly one whole MP3 and one
+/// email; no blob is half-written or orphaned; nothing is left in the
+/// queues or their dead letters.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let video = std::fs::read(support::make_video(dir.path(), "k.mp4", 2)).unwrap();
+    let state = dir.path().join("state");
+    let email = format!("{}@example.com", unique("killed"));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    eprintln!("random kill moments from seed {seed}");
+    let mut rng = seed;
+    let mut next_ms = |lo: u64, hi: u64| {
+        // xorshift: enough to spread the kills, and the seed reproduces them.
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        lo + u64::from(rng) % (hi - lo)
+    };
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let rounds = 8;
+    for round in 0..rounds {
+        let mut opts = UpOptions::new(&manifest);
+        opts.state_dir = Some(state.clone());
+        let spindle = up(opts);
+        let client = Client::new(&spindle);
+        let token = if round == 0 {
+            client.account(&email).await
+        } else {
+            client.login(&email).await
+        };
+        let uploading = tokio::spawn({
+            let (http, url, video, accepted) = (
+                client.http.clone(),
+                client.url.clone(),
+                video.clone(),
+                accepted.clone(),
+            );
+            async move {
+                loop {
+                    let part = reqwest::multipart::Part::bytes(video.clone()).file_name("k.mp4");
+                    let sent = http
+                        .post(format!("{url}/upload"))
+                        .bearer_auth(&token)
+                        .multipart(reqwest::multipart::Form::new().part("file", part))
+                        .send()
+                        .await;
+                    let Ok(resp) = sent else { return };
+                    match resp.status().as_u16() {
+                        202 => {
+                            let Ok(body) = resp.json::<Value>().await else {
+                                return;
+                            };
+                            let job = body["job_id"].as_str().unwrap().to_string();
+                            accepted.lock().unwrap().push(job);
+                        }
+                        // Too many jobs in flight: let the worker catch up.
+                        429 => tokio::time::sleep(Duration::from_millis(300)).await,
+                        status => panic!("upload answered {status}"),
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(next_ms(300, 2500))).await;
+        let killed = Command::new("kill")
+            .args(["-KILL", &spindle.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        uploading.await.unwrap();
+        drop(spindle);
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    eprintln!("{rounds} SIGKILLs; {} uploads accepted", accepted.len());
+    assert!(
+        accepted.len() >= rounds,
+        "uploads went through between kills"
+    );
+
+    let mut opts = UpOptions::new(&manifest);
+    opts.state_dir = Some(state.clone());
+    let spindle = up(opts);
+    let client = Client::new(&spindle);
+    let token = client.login(&email).await;
+    for job_id in &accepted {
+        let job = client.finished_job(&token, job_id).await;
+        assert_eq!(job["status"], "done", "{job}");
+    }
+    let mails = wait_for_outbox(&spindle, accepted.len());
+    let mp3s = stored_files(&state, "mp3s");
+    for job_id in &accepted {
+        let made: Vec<_> = mp3s
+            .iter()
+            .filter(|(_, d)| d["metadata"]["job_id"] == job_id.as_str())
+            .collect();
+        assert_eq!(made.len(), 1, "job {job_id}: one MP3, not {}", made.len());
+        let mailed = mails.iter().filter(|m| m.contains(job_id.as_str())).count();
+        assert_eq!(mailed, 1, "job {job_id}: one email");
+    }
+    // Whole files only: every description's length is its data's, and no
+    // data (or temporary file) is left without a description.
+    for bucket in ["videos", "mp3s"] {
+        let described = stored_files(&state, bucket);
+        for (id, d) in &described {
+            let data = state.join("blobs").join(bucket).join(format!("{id}.data"));
+            let size = std::fs::metadata(&data)
+                .map(|m| m.len())
+                .unwrap_or(u64::MAX);
+            assert_eq!(Some(size), d["length"].as_u64(), "{bucket}/{id}");
+        }
+        for entry in std::fs::read_dir(state.join("blobs").join(bucket)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let known = name
+                .strip_suffix(".data")
+                .or_else(|| name.strip_suffix(".json"));
+            assert!(
+                known.is_some_and(|id| described.iter().any(|(d, _)| d == id)),
+                "{bucket}: {name} is orphaned or half-written"
+            );
+        }
+    }
+    let admin = support::client();
+    for queue in ["video", "mp3"] {
+        let dead: Vec<Value> = admin
+            .get(format!("{}/queues/{queue}/dead-letters", spindle.admin))
+            .bearer_auth(spindle.admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(dead.is_empty(), "{queue}: {dead:?}");
+    }
+}
+
+/// `spindle-convert`, built next to `spindle` (the host's tests do not
+/// build other packages' binaries by themselves).
+fn convert_binary() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_spindle")).with_file_name("spindle-convert");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "convert", "--bin", "spindle-convert"])
+        .current_dir(support::workspace_root())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building spindle-convert");
+    path
+}
+
+/// A `spindle-convert` process, killed when dropped.
+struct ConvertWorker(std::process::Child);
+
+impl ConvertWorker {
+    fn start(binary: &Path, manifest: &Path, rc: &Path, state: &Path) -> ConvertWorker {
+        let child = Command::new(binary)
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("--runtime-config-file")
+            .arg(rc)
+            .arg("--state-dir")
+            .arg(state)
+            .env("SPINDLE_LOG", "info")
+            .spawn()
+            .expect("starting spindle-convert");
+        ConvertWorker(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ConvertWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fault suite: the app on MariaDB, a RabbitMQ node of the test's own,
+/// the MongoDB test server and a real SMTP server, with the worker apart
+/// (`spindle-convert`). Faults, one after another, with uploads around
+/// them: uploads while the worker is down; the worker SIGKILLed mid-job;
+/// every RabbitMQ connection closed, then the broker restarted; the host
+/// SIGKILLed mid-upload; MongoDB unreachable for 20 s; SMTP unreachable
+/// for 20 s. (The MongoDB and SMTP test servers keep their data in memory,
+/// so a TCP gate in front of each makes them unreachable — refused and cut
+/// connections — instead of stopping them.) Afterwards every accepted job
+/// is `done` with exactly one MP3 and exactly one email, and no queue holds
+/// anything: no message waiting, retrying or dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_lose_nothing_and_do_nothing_twice() {
+    let (Ok(mysql), Ok(_)) = (
+        std::env::var("SPINDLE_TEST_MYSQL_URL"),
+        std::env::var("SPINDLE_TEST_AMQP_URL"),
+    ) else {
+        eprintln!(
+            "SKIPPED: set SPINDLE_TEST_MYSQL_URL and SPINDLE_TEST_AMQP_URL to run the fault suite"
+        );
+        return;
+    };
+    let suite = Instant::now();
+    let worker_binary = convert_binary();
+    let node = tokio::task::spawn_blocking(|| rabbit_node::RabbitNode::start("faults"))
+        .await
+        .unwrap()
+        .expect("a RabbitMQ node of the suite's own");
+    let db = support::TestDatabase::create(&mysql, "faults").await;
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mongo_gate = support::gate::Gate::open_to(mongo.addr()).await;
+    let smtp = SmtpServer::start(TlsMode::Plain);
+    let smtp_gate = support::gate::Gate::open_to(smtp.addr()).await;
+    let gridfs = format!("mongodb://{}", mongo_gate.addr());
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = support::app_manifest(dir.path());
+    let video = std::fs::read(support::make_video(dir.path(), "f.mp4", 2)).unwrap();
+    let rc = dir.path().join("runtime.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[mysql]\nurl = \"{}\"\n[gridfs]\nurl = \"{gridfs}\"\n[amqp]\nurl = \"{}\"\n\
+             [smtp]\nurl = \"smtp://{}\"\nfrom = \"Spindle <noreply@spindle.test>\"\n\
+             [convert]\nin_process = false\n",
+            db.url,
+            node.url(),
+            smtp_gate.addr()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("host");
+    let worker_state = dir.path().join("worker");
+    let start_host = || {
+        let mut opts = UpOptions::new(&manifest)
+            .arg("--runtime-config-file")
+            .arg(rc.display().to_string());
+        opts.state_dir = Some(state.clone());
+        up(opts)
+    };
+    let mut host = start_host();
+    let mut client = Client::new(&host);
+    let mut accepted: Vec<(String, String)> = Vec::new(); // (token, job id)
+    let mut faults: Vec<String> = Vec::new();
+
+    // Each phase uses its own account, so the per-account limit of jobs in
+    // flight never refuses an upload the suite means to count.
+    let mut accounts = 0;
+    let mut new_account = async |client: &Client| {
+        accounts += 1;
+        let email = format!("{}@example.com", unique(&format!("fault{accounts}")));
+        (client.account(&email).await, email)
+    };
+
+    // 1. Uploads accepted while the worker is down.
+    let (token, _) = new_account(&client).await;
+    for _ in 0..4 {
+        let job = client.upload(&token, "f.mp4", video.clone()).await;
+        accepted.push((token.clone(), job["job_id"].as_str().unwrap().into()));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut worker = ConvertWorker::start(&worker_binary, &manifest, &rc, &worker_state);
+    let t = Instant::now();
+    for (token, job) in accepted.clone() {
+        assert_eq!(client.finished_job(&token, &job).await["status"], "done");
+    }
+    faults.push(format!(
+        "worker down for 4 uploads: all done {:.1?} after it started",
+        t.elapsed()
+    ));
+
+    // 2. The worker SIGKILLed mid-job, then restarted.
+    let (token, _) = new_account(&client).await;
+    let job = client.upload(&token, "f.mp4", video.clone()).await;
+    let job_id: String = job["job_id"].as_str().unwrap().into();
+    accepted.push((token.clone(), job_id.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Value = client.job(&token, &job_id).await.json().await.unwrap();
+        if status["status"] == "processing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.kill();
+    let t = Instant::now();
+    worker = ConvertWorker::start(&worker_binary, &manifest, &rc, &worker_state);
+    assert_eq!(client.finished_job(&token, &job_id).await["status"], "done");
+    faults.push(format!(
+        "worker SIGKILLed mid-job: the job done {:.1?} after the restart",
+        t.elapsed()
+    ));
+
+    // 3. Every RabbitMQ connection closed, then the broker restarted, with
+    // jobs in the queues.
+    let (token, _) = new_account(&client).await;
+    for _ in 0..3 {
+        let job = client.upload(&token, "f.mp4", video.clone()).await;
+        accepted.push((token.clone(), job["job_id"].as_str().unwrap().into()));
+    }
+    node.close_all_connections().unwrap();
+    let t = Instant::now();
+    let job = loop {
+        let part = reqwest::multipart::Part::bytes(video.clone()).file_name("f.mp4");
+        let resp = client
+            .upload_parts(&token, reqwest::multipart::Form::new().part("file", part))
+            .await;
+        if resp.status() == 202 {
+            break resp.json::<Value>().await.unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no upload after the connections closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    accepted.push((token.clone(), job["job_id"].as_str().unwrap().into()));
+    faults.push(format!(
+        "RabbitMQ connections closed: uploads accepted again after {:.1?}",
+        t.elapsed()
+    ));
+    let node = std::sync::Arc::new(node);
+    let restarting = node.clone();
+    tokio::task::spawn_blocking(move || {
+        restarting.stop_app().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        restarting.start_app().unwrap();
+    })
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let probe = loop {
+        let part = reqwest::multipart::Part::bytes(video.clone()).file_name("f.mp4");
+        let resp = client
+            .upload_parts(&token, reqwest::multipart::Form::new().part("file", part))
+            .await;
+        if resp.status() == 202 {
+            break resp.json::<Value>().await.unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no upload after the broker restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let probe_id: String = probe["job_id"].as_str().unwrap().into();
+    accepted.push((token.clone(), probe_id.clone()));
+    assert_eq!(
+        client.finished_job(&token, &probe_id).await["status"],
+        "done"
+    );
+    faults.push(format!(
+        "RabbitMQ restarted (3 s down): a new job done {:.1?} after it came back",
+        t.elapsed()
+    ));
+
+    // 4. The host SIGKILLed while uploads and emails are under way.
+    let (token, email) = new_account(&client).await;
+    for _ in 0..3 {
+        let job = client.upload(&token, "f.mp4", video.clone()).await;
+        accepted.push((token.clone(), job["job_id"].as_str().unwrap().into()));
+    }
+    let killed = Command::new("kill")
+        .args(["-KILL", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(host);
+    let t = Instant::now();
+    host = start_host();
+    client = Client::new(&host);
+    let token = client.login(&email).await;
+    let job = client.upload(&token, "f.mp4", video.clone()).await;
+    let job_id: String = job["job_id"].as_str().unwrap().into();
+    accepted.push((token.clone(), job_id.clone()));
+    assert_eq!(client.finished_job(&token, &job_id).await["status"], "done");
+    faults.push(format!(
+        "host SIGKILLed: restarted and a new job done in {:.1?}",
+        t.elapsed()
+    ));
+
+    // 5. MongoDB unreachable for 20 s, with conversions under way.
+    let (token, _) = new_account(&client).await;
+    let mut during: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let job = client.upload(&token, "f.mp4", video.clone()).await;
+        during.push(job["job_id"].as_str().unwrap().into());
+    }
+    mongo_gate.close();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    mongo_gate.reopen().await;
+    let t = Instant::now();
+    for job_id in &during {
+        assert_eq!(client.finished_job(&token, job_id).await["status"], "done");
+        accepted.push((token.clone(), job_id.clone()));
+    }
+    faults.push(format!(
+        "MongoDB unreachable 20 s: its jobs done {:.1?} after it came back",
+        t.elapsed()
+    ));
+
+    // 6. SMTP unreachable for 20 s while emails are due.
+    let (token, _) = new_account(&client).await;
+    smtp_gate.close();
+    let closed = Instant::now();
+    let mut mailed_later: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let job = client.upload(&token, "f.mp4", video.clone()).await;
+        let job_id: String = job["job_id"].as_str().unwrap().into();
+        assert_eq!(client.finished_job(&token, &job_id).await["status"], "done");
+        accepted.push((token.clone(), job_id.clone()));
+        mailed_later.push(job_id);
+    }
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(closed.elapsed())).await;
+    smtp_gate.reopen().await;
+    let t = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !mailed_later.iter().all(|job| {
+        smtp.messages()
+            .iter()
+            .any(|m| m.body().contains(job.as_str()))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed emails never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    faults.push(format!(
+        "SMTP unreachable 20 s: the waiting emails sent {:.1?} after it came back",
+        t.elapsed()
+    ));
+
+    // Every accepted job: done, one MP3, one email; nothing left anywhere.
+    let blobs =
+        spindle_platform::capabilities::blobs::BlobStore::connect(Some(&gridfs), dir.path())
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (token, job_id) in &accepted {
+        assert_eq!(
+            client.finished_job(token, job_id).await["status"],
+            "done",
+            "{job_id}"
+        );
+        assert_eq!(
+            blobs.find("mp3s", "job_id", job_id).await.unwrap().len(),
+            1,
+            "{job_id}: one MP3"
+        );
+        loop {
+            let emails = smtp
+                .messages()
+                .iter()
+                .filter(|m| m.body().contains(job_id.as_str()))
+                .count();
+            if emails == 1 {
+                break;
+            }
+            assert!(
+                emails == 0 && Instant::now() < deadline,
+                "{job_id}: {emails} emails"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Give a stray redelivery time to show itself, then look at the queues.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (_, job_id) in &accepted {
+        let emails = smtp
+            .messages()
+            .iter()
+            .filter(|m| m.body().contains(job_id.as_str()))
+            .count();
+        assert_eq!(emails, 1, "{job_id}: exactly one email");
+    }
+    let queues = node
+        .ctl(&["list_queues", "name", "messages", "messages_unacknowledged"])
+        .unwrap();
+    for line in queues
+        .lines()
+        .filter(|l| l.starts_with("video") || l.starts_with("mp3"))
+    {
+        let counts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        assert_eq!(counts, ["0", "0"], "nothing left in {line}");
+    }
+    worker.kill();
+    eprintln!(
+        "fault suite: {} jobs accepted, {} faults, {:.0?} in all",
+        accepted.len(),
+        faults.len(),
+        suite.elapsed()
+    );
+    for fault in &faults {
+        eprintln!("  {fault}");
+    }
+}

@@ -1,18 +1,32 @@
 //! One `video` message, from queued to `done` or `failed`.
 //!
 //! The job's state lives in the video's blob metadata (`state`, `mp3_fid`,
-//! `error`), where the gateway's `/jobs/{id}` reads it. Every step can be
-//! repeated: delivery is at-least-once, so a redelivered message must not
-//! make a second MP3 or lose one.
+//! `error`, `announced`, `claim`), where the gateway's `/jobs/{id}` reads
+//! it. Delivery is at-least-once, and two deliveries of one message can
+//! even run at once, so:
 //!
-//! - A job already `done` only re-announces its MP3 (the earlier attempt may
-//!   have stopped before publishing; notify sends one email per MP3).
+//! - A delivery converts only under a claim on the job (`claim.rs`): taken
+//!   and released with compare-and-set, so one delivery at a time converts,
+//!   and only the holder records `done` or `failed`. A delivery that finds
+//!   the job claimed by a live holder defers (it comes back later without
+//!   using an attempt): if the holder dies, its lease runs out and the next
+//!   delivery takes over.
+//! - A job already `done` is announced once: the `mp3` message is published
+//!   and then `announced` is set; a delivery that finds `announced` acks.
+//!   (A crash between the two announces twice; notify sends one email per
+//!   MP3 anyway.)
 //! - An MP3 already stored for the job (found by `job_id`) is reused: blobs
 //!   become visible only once complete, so a found one is whole.
-//! - A video ffmpeg cannot read fails the job with ffmpeg's reason in words
-//!   and dead-letters the message; backend trouble is retried, and the last
-//!   attempt marks the job failed before the message is dead-lettered.
+//! - A video ffmpeg cannot read fails the job with ffmpeg's reason in words;
+//!   the job is marked `failed` before the message is dead-lettered, and if
+//!   that mark cannot be written the message is retried instead. Backend
+//!   trouble is retried; when the queue gives up (attempts or deliveries
+//!   exhausted), its dead-letter hook, [`Converter::dead_lettered`], marks
+//!   the job failed, keeping the video so an operator's replay can convert
+//!   it. A replayed message (`Delivery::replayed`) takes a `failed` job up
+//!   again.
 
+use crate::claim::{Claim, Held, Lost};
 use crate::ffmpeg::{Failure, Ffmpeg};
 use crate::message::JobMessage;
 use bytes::Bytes;
@@ -26,14 +40,15 @@ pub const VIDEOS: &str = "videos";
 pub const MP3S: &str = "mp3s";
 pub const MP3_QUEUE: &str = "mp3";
 
+/// Set on the video once the `mp3` message for its MP3 is published.
+const ANNOUNCED: &str = "announced";
+
 /// What a conversion needs; shared by every message it handles.
 pub struct Converter {
     pub(crate) blobs: BlobStore,
     pub(crate) broker: Broker,
     pub(crate) ffmpeg: Ffmpeg,
     pub(crate) work_dir: PathBuf,
-    /// The trigger's attempts: the last one marks the job failed.
-    pub(crate) max_attempts: u32,
     /// Whether a video keeps its bytes once its job has ended.
     pub(crate) keep_videos: bool,
 }
@@ -46,6 +61,11 @@ enum Stop {
     /// The message is not the stored job's (forged or mismatched): it is
     /// dead-lettered and the video it names is left alone.
     Reject(String),
+    /// Another delivery holds the job: come back later.
+    Defer(String),
+    /// Another delivery took the job over (this one stalled past its
+    /// lease): it finishes the job, this delivery's message can go.
+    Superseded,
 }
 
 fn blob_reason(e: &BlobError) -> String {
@@ -59,7 +79,16 @@ fn blob_reason(e: &BlobError) -> String {
     }
 }
 
-fn meta<'a>(info: &'a FileInfo, key: &str) -> Option<&'a str> {
+impl From<Lost> for Stop {
+    fn from(lost: Lost) -> Self {
+        match lost {
+            Lost::Taken => Stop::Superseded,
+            Lost::Backend(e) => Stop::Retry(blob_reason(&e)),
+        }
+    }
+}
+
+pub(crate) fn meta<'a>(info: &'a FileInfo, key: &str) -> Option<&'a str> {
     info.metadata
         .iter()
         .find(|(k, _)| k == key)
@@ -75,36 +104,75 @@ impl Converter {
                 return Outcome::DeadLetter(reason);
             }
         };
-        match self.run(&job).await {
+        match self.run(&job, delivery.replayed).await {
             Ok(()) => Outcome::Ack,
-            Err(Stop::Fail(reason)) => {
-                tracing::warn!(job_id = %job.job_id, "job failed: {reason}");
-                self.mark_failed(&job, &reason).await;
-                Outcome::DeadLetter(reason)
-            }
+            Err(Stop::Fail(reason)) => Outcome::DeadLetter(reason),
             Err(Stop::Reject(reason)) => {
                 tracing::warn!(job_id = %job.job_id, message_id = %delivery.message_id, "message rejected: {reason}");
                 Outcome::DeadLetter(reason)
             }
             Err(Stop::Retry(reason)) => {
                 tracing::warn!(job_id = %job.job_id, attempt = delivery.attempt, "will retry: {reason}");
-                if delivery.attempt >= self.max_attempts {
-                    let reason = format!(
-                        "conversion failed {} times; last error: {reason}",
-                        delivery.attempt
-                    );
-                    self.mark_failed(&job, &reason).await;
-                }
                 Outcome::Retry(reason)
+            }
+            Err(Stop::Defer(reason)) => Outcome::Defer(reason),
+            Err(Stop::Superseded) => {
+                tracing::warn!(job_id = %job.job_id, "another delivery took this job over; it finishes it");
+                Outcome::Ack
             }
         }
     }
 
-    async fn run(&self, job: &JobMessage) -> Result<(), Stop> {
+    /// The queue's dead-letter hook: a job whose message is given up on
+    /// ends `failed` with the reason, unless it ended already or the
+    /// message is not the stored job's. While a delivery holds a live claim
+    /// on the job the dead letter waits (an error postpones it).
+    pub async fn dead_lettered(&self, delivery: Delivery, reason: String) -> Result<(), String> {
+        let Ok(job) = JobMessage::parse_video(&delivery.body) else {
+            return Ok(());
+        };
+        let video = match self.blobs.stat(VIDEOS, &job.video_fid).await {
+            Ok(v) => v,
+            Err(BlobError::NotFound(_) | BlobError::Invalid(_)) => return Ok(()),
+            Err(e) => return Err(format!("reading the job's video: {}", blob_reason(&e))),
+        };
+        if !belongs(&video, &job) || matches!(meta(&video, "state"), Some("done" | "failed")) {
+            return Ok(());
+        }
+        if let Some(held) = Held::live(&video) {
+            // Alive, it will record the outcome; dead, its lease runs out.
+            return Err(format!(
+                "a delivery holds job {} until {} ms; the dead letter waits for it",
+                job.job_id, held.expires_ms
+            ));
+        }
+        let set = vec![
+            ("state".to_string(), "failed".to_string()),
+            ("error".to_string(), reason),
+        ];
+        let expect = vec![(
+            crate::claim::CLAIM.to_string(),
+            meta(&video, crate::claim::CLAIM).map(str::to_string),
+        )];
+        match self
+            .blobs
+            .update_metadata_if(VIDEOS, &job.video_fid, expect, set)
+            .await
+        {
+            Ok(Some(_)) => {
+                tracing::warn!(job_id = %job.job_id, "job failed: its message was dead-lettered");
+                Ok(())
+            }
+            Ok(None) => Err("the job changed while it was being marked failed".into()),
+            Err(e) => Err(format!("marking the job failed: {}", blob_reason(&e))),
+        }
+    }
+
+    async fn run(&self, job: &JobMessage, replayed: bool) -> Result<(), Stop> {
         let video = match self.blobs.stat(VIDEOS, &job.video_fid).await {
             Ok(v) => v,
             Err(e @ (BlobError::NotFound(_) | BlobError::Invalid(_))) => {
-                return Err(Stop::Fail(format!(
+                return Err(Stop::Reject(format!(
                     "the uploaded video is gone: {}",
                     blob_reason(&e)
                 )));
@@ -113,9 +181,7 @@ impl Converter {
         };
         // Only what was stored with the upload is trusted: a message naming
         // someone else's video, or another job, converts nothing.
-        if meta(&video, "owner") != Some(job.username.as_str())
-            || meta(&video, "job_id") != Some(job.job_id.as_str())
-        {
+        if !belongs(&video, job) {
             return Err(Stop::Reject(format!(
                 "the message does not match the stored video {} (its job or account differs); nothing was converted",
                 job.video_fid
@@ -123,36 +189,118 @@ impl Converter {
         }
         match (meta(&video, "state"), meta(&video, "mp3_fid")) {
             (Some("done"), Some(mp3)) => {
-                tracing::info!(job_id = %job.job_id, "already converted; announcing the MP3 again");
+                if meta(&video, ANNOUNCED).is_some() {
+                    tracing::info!(job_id = %job.job_id, "already converted and announced; nothing to do");
+                    return Ok(());
+                }
+                tracing::info!(job_id = %job.job_id, "already converted; announcing the MP3");
                 return self.announce(job, mp3).await;
             }
-            (Some("failed"), _) => {
+            (Some("failed"), _) if !replayed => {
                 tracing::info!(job_id = %job.job_id, "already failed; nothing to do");
                 return Ok(());
             }
             _ => {}
         }
-        let mp3 = match self.existing_mp3(job).await? {
-            Some(id) => id,
-            None => self.convert(job, &video).await?,
+        if let Some(held) = Held::live(&video) {
+            return Err(Stop::Defer(format!(
+                "another delivery is converting job {} (its claim runs until {} ms)",
+                job.job_id, held.expires_ms
+            )));
+        }
+        let mut start = vec![("state".to_string(), "processing".to_string())];
+        if meta(&video, "state") == Some("failed") {
+            // A replay: the old reason no longer describes the job.
+            start.push(("error".to_string(), String::new()));
+        }
+        let claim = match Claim::take(&self.blobs, &video, start).await {
+            Ok(claim) => claim,
+            Err(Lost::Taken) => {
+                return Err(Stop::Defer(format!(
+                    "another delivery took job {} a moment ago",
+                    job.job_id
+                )));
+            }
+            Err(Lost::Backend(e)) => return Err(Stop::Retry(blob_reason(&e))),
         };
-        self.blobs
-            .update_metadata(
-                VIDEOS,
-                &job.video_fid,
-                vec![
-                    ("state".into(), "done".into()),
-                    ("mp3_fid".into(), mp3.clone()),
-                ],
-            )
-            .await
-            .map_err(|e| Stop::Retry(blob_reason(&e)))?;
+        let (claim, converted) = self.under_claim(claim, job, &video).await;
+        let (mp3, created) = match converted {
+            Ok(found) => found,
+            Err(Stop::Fail(reason)) => {
+                let set = vec![
+                    ("state".to_string(), "failed".to_string()),
+                    ("error".to_string(), reason.clone()),
+                ];
+                let Some(claim) = claim else {
+                    return Err(Stop::Superseded);
+                };
+                claim.finish(set).await?;
+                tracing::warn!(job_id = %job.job_id, "job failed: {reason}");
+                // Nothing a replay could change: the video cannot be read.
+                self.release_video(job).await;
+                return Err(Stop::Fail(reason));
+            }
+            Err(stop) => {
+                if let Some(claim) = claim {
+                    // Let the next delivery start at once rather than after the lease.
+                    let _ = claim.finish(Vec::new()).await;
+                }
+                return Err(stop);
+            }
+        };
+        let Some(claim) = claim else {
+            return Err(Stop::Superseded);
+        };
+        let done = vec![
+            ("state".to_string(), "done".to_string()),
+            ("mp3_fid".to_string(), mp3.clone()),
+        ];
+        if let Err(lost) = claim.finish(done).await {
+            if created && matches!(lost, Lost::Taken) {
+                // The job is the other delivery's now: its MP3 counts.
+                let _ = self.blobs.delete(MP3S, &mp3).await;
+            }
+            return Err(lost.into());
+        }
         tracing::info!(job_id = %job.job_id, mp3_fid = %mp3, "converted");
         self.release_video(job).await;
         self.announce(job, &mp3).await
     }
 
-    /// An MP3 an earlier attempt stored for this job; extra copies (from
+    /// Finds or makes the job's MP3 while renewing the claim; stops early
+    /// when the claim is lost. Returns the claim (none if lost) and the MP3
+    /// id with whether this delivery created it.
+    async fn under_claim(
+        &self,
+        mut claim: Claim,
+        job: &JobMessage,
+        video: &FileInfo,
+    ) -> (Option<Claim>, Result<(String, bool), Stop>) {
+        let work = async {
+            match self.existing_mp3(job).await? {
+                Some(id) => Ok((id, false)),
+                None => self.convert(job, video).await.map(|id| (id, true)),
+            }
+        };
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(crate::claim::LEASE / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut work => return (Some(claim), result),
+                _ = renew.tick() => match claim.renew().await {
+                    Ok(()) => {}
+                    Err(Lost::Taken) => return (None, Err(Stop::Superseded)),
+                    Err(Lost::Backend(e)) => {
+                        // The lease still runs; the next renewal may get through.
+                        tracing::warn!(job_id = %job.job_id, "could not renew the claim: {}", blob_reason(&e));
+                    }
+                },
+            }
+        }
+    }
+
+/// An MP3 an earlier attempt stored for this job; extra copies (from
     /// two deliveries racing after a lost connection) are removed.
     async fn existing_mp3(&self, job: &JobMessage) -> Result<Option<String>, Stop> {
         let mut found = self
@@ -169,14 +317,6 @@ impl Converter {
     }
 
     async fn convert(&self, job: &JobMessage, video: &FileInfo) -> Result<String, Stop> {
-        self.blobs
-            .update_metadata(
-                VIDEOS,
-                &job.video_fid,
-                vec![("state".into(), "processing".into())],
-            )
-            .await
-            .map_err(|e| Stop::Retry(blob_reason(&e)))?;
         // ffmpeg needs a seekable input: many MP4s keep their index at the end.
         let spool = self.spool(video).await?;
         let media = self
@@ -258,34 +398,28 @@ impl Converter {
         Ok(spool)
     }
 
-    /// Publishes the `mp3` message (again, on a redelivery).
+    /// Publishes the `mp3` message, then records that it did.
     async fn announce(&self, job: &JobMessage, mp3: &str) -> Result<(), Stop> {
         self.broker
             .publish(MP3_QUEUE, &job.mp3_ready(mp3))
             .await
-            .map_err(|e| Stop::Retry(format!("publishing to `{MP3_QUEUE}`: {e}")))
-    }
-
-    async fn mark_failed(&self, job: &JobMessage, reason: &str) {
-        let set = vec![
-            ("state".into(), "failed".into()),
-            ("error".into(), reason.to_string()),
-        ];
-        match self
+            .map_err(|e| Stop::Retry(format!("publishing to `{MP3_QUEUE}`: {e}")))?;
+        let announced = vec![(ANNOUNCED.to_string(), "true".to_string())];
+        if let Err(e) = self
             .blobs
-            .update_metadata(VIDEOS, &job.video_fid, set)
+            .update_metadata(VIDEOS, &job.video_fid, announced)
             .await
         {
-            Ok(_) => self.release_video(job).await,
-            Err(e) => {
-                tracing::warn!(job_id = %job.job_id, "could not mark the job failed: {}", blob_reason(&e));
-            }
+            // Published already: a redelivery would announce again, which
+            // notify absorbs; not worth a retry that would do just that.
+            tracing::warn!(job_id = %job.job_id, "could not record the announcement: {}", blob_reason(&e));
         }
+        Ok(())
     }
 
-    /// A job that has ended needs only its record: the video's bytes go
-    /// (unless `keep_videos`), its metadata stays for `/jobs`. Best effort:
-    /// a video left whole costs space, not correctness.
+    /// A job that has ended for good needs only its record: the video's
+    /// bytes go (unless `keep_videos`), its metadata stays for `/jobs`.
+    /// Best effort: a video left whole costs space, not correctness.
     async fn release_video(&self, job: &JobMessage) {
         if self.keep_videos {
             return;
@@ -294,4 +428,10 @@ impl Converter {
             tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {}", blob_reason(&e));
         }
     }
+}
+
+/// Whether the stored video is the message's job, of the message's account.
+fn belongs(video: &FileInfo, job: &JobMessage) -> bool {
+    meta(video, "owner") == Some(job.username.as_str())
+        && meta(video, "job_id") == Some(job.job_id.as_str())
 }

@@ -8,6 +8,7 @@
 //! nothing else), and `spindle-convert` runs it alone, e.g. as its own
 //! Kubernetes Deployment next to hosts with `[convert] in_process = false`.
 
+mod claim;
 mod config;
 mod ffmpeg;
 mod job;
@@ -21,7 +22,7 @@ pub use message::JobMessage;
 
 use anyhow::Context;
 use spindle_platform::capabilities::blobs::BlobStore;
-use spindle_platform::capabilities::queue::{Broker, Handler};
+use spindle_platform::capabilities::queue::{Broker, DeadLetterHook, Worker};
 use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::manifest::{AmqpTarget, AmqpTrigger, Manifest};
 use std::sync::Arc;
@@ -97,14 +98,15 @@ pub fn trigger(manifest: &Manifest, config: &ConvertConfig) -> Option<AmqpTrigge
     Some(trigger)
 }
 
-/// Checks ffmpeg and builds the handler for the worker's trigger.
-pub async fn handler(
+/// Checks ffmpeg and builds the worker for its trigger: the handler and the
+/// dead-letter hook that marks given-up jobs failed.
+pub async fn worker(
     blobs: BlobStore,
     broker: Broker,
     config: &ConvertConfig,
     trigger: &AmqpTrigger,
     settings: AppSettings,
-) -> anyhow::Result<Handler> {
+) -> anyhow::Result<Worker> {
     let limits = ffmpeg::Limits {
         time_limit: config.time_limit(),
         max_duration: settings.max_duration,
@@ -129,11 +131,17 @@ pub async fn handler(
         broker,
         ffmpeg,
         work_dir,
-        max_attempts: trigger.max_attempts,
         keep_videos: settings.keep_videos,
     });
-    Ok(Arc::new(move |delivery| {
-        let converter = converter.clone();
-        Box::pin(async move { converter.handle(delivery).await })
-    }))
+    let hook = converter.clone();
+    Ok(Worker {
+        handler: Arc::new(move |delivery| {
+            let converter = converter.clone();
+            Box::pin(async move { converter.handle(delivery).await })
+        }),
+        on_dead_letter: Some(DeadLetterHook(Arc::new(move |delivery, reason| {
+            let converter = hook.clone();
+            Box::pin(async move { converter.dead_lettered(delivery, reason).await })
+        }))),
+    })
 }

@@ -89,9 +89,11 @@ async fn run(args: Args) -> Result<()> {
     })
     .with_context(|| args.manifest.display().to_string())?;
     let settings = convert::app_settings(&variables)?;
-    let handler = convert::handler(blobs, broker.clone(), &config, &trigger, settings).await?;
+    let worker = convert::worker(blobs, broker.clone(), &config, &trigger, settings).await?;
+    let mut options = trigger.consume_options();
+    options.on_dead_letter = worker.on_dead_letter;
     let consumer = broker
-        .consume(&trigger.queue, trigger.consume_options(), handler)
+        .consume(&trigger.queue, options, worker.handler)
         .await
         .with_context(|| format!("consuming `{}`", trigger.queue))?;
     println!("Converting videos from queue `{}`", trigger.queue);

@@ -6,7 +6,9 @@
 
 use convert::{AppSettings, ConvertConfig, JobMessage};
 use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
-use spindle_platform::capabilities::queue::{Broker, ConsumeOptions, Delivery, Handler, Outcome};
+use spindle_platform::capabilities::queue::{
+    Broker, ConsumeOptions, DeadLetterHook, Delivery, Handler, Outcome,
+};
 use spindle_platform::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -141,6 +143,7 @@ fn delivery(body: Vec<u8>, attempt: u32) -> Delivery {
         body,
         attempt,
         message_id: unique("m"),
+        replayed: false,
     }
 }
 
@@ -152,6 +155,8 @@ fn meta(info: &FileInfo, key: &str) -> Option<String> {
 }
 
 struct Worker {
+    /// The queue's dead-letter hook of the worker.
+    on_dead_letter: DeadLetterHook,
     blobs: BlobStore,
     broker: Broker,
     handler: Handler,
@@ -179,18 +184,23 @@ async fn worker_on(
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
-    let handler = convert::handler(blobs.clone(), broker.clone(), &config, &trigger, settings)
+    let worker = convert::worker(blobs.clone(), broker.clone(), &config, &trigger, settings)
         .await
         .unwrap();
     Worker {
         blobs,
         broker,
-        handler,
+        handler: worker.handler,
+        on_dead_letter: worker.on_dead_letter.expect("the worker marks given-up jobs failed"),
     }
 }
 
-/// Collects what arrives on `queue` until `n` messages or the timeout.
+/// Collects what arrives on `queue` until `n` messages or 30 s.
 async fn collect(broker: &Broker, queue: &str, n: usize) -> Vec<Delivery> {
+    collect_for(broker, queue, n, Duration::from_secs(30)).await
+}
+
+async fn collect_for(broker: &Broker, queue: &str, n: usize, patience: Duration) -> Vec<Delivery> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     let handler: Handler = Arc::new(move |d| {
@@ -201,7 +211,7 @@ async fn collect(broker: &Broker, queue: &str, n: usize) -> Vec<Delivery> {
         .consume(queue, ConsumeOptions::default(), handler)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience;
     while seen.lock().unwrap().len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -226,14 +236,14 @@ async fn a_redelivered_message_makes_no_second_mp3() {
     assert_eq!(meta(&mp3, "owner").as_deref(), Some("user@example.com"));
     assert!(mp3.length > 10_000, "3 s of MP3: {} bytes", mp3.length);
 
-    // Delivered again (at-least-once): the same MP3 is announced again.
+    // Delivered again (at-least-once): nothing new is made or announced.
     assert_eq!((w.handler)(delivery(body, 1)).await, Outcome::Ack);
     assert_eq!(
         w.blobs.find("mp3s", "job_id", "job-1").await.unwrap().len(),
         1
     );
-    let announced = collect(&w.broker, "mp3", 2).await;
-    assert_eq!(announced.len(), 2);
+    let announced = collect_for(&w.broker, "mp3", 2, Duration::from_secs(3)).await;
+    assert_eq!(announced.len(), 1, "announced once");
     for d in &announced {
         let m: JobMessage = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(m.mp3_fid.as_deref(), Some(mp3_fid.as_str()));
@@ -401,8 +411,8 @@ async fn sigterm_stops_ffmpeg_and_returns_the_message_embedded() {
     let back = collect(&broker, "video", 1).await;
     assert_eq!(back.len(), 1, "the message is back on the queue");
     assert_eq!(
-        back[0].attempt, 1,
-        "an interrupted conversion is not a failed attempt"
+        back[0].attempt, 2,
+        "the interrupted delivery counts (it might have been the one that kills)"
     );
     let job: JobMessage = serde_json::from_slice(&back[0].body).unwrap();
     assert_eq!(job.video_fid, video_fid);
@@ -829,4 +839,114 @@ async fn done_id(w: &Worker, job_id: &str) -> String {
     w.blobs.find("videos", "job_id", job_id).await.unwrap()[0]
         .id
         .clone()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Two deliveries of one message at once: one converts under its claim,
+/// the other defers; delivered again later it finds the job done and
+/// announced. One MP3, one announcement.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deliveries_make_one_mp3_and_one_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &short_video(dir.path()), "twice").await;
+    let body = message("twice", &video.id);
+    let (a, b) = tokio::join!(
+        (w.handler)(delivery(body.clone(), 1)),
+        (w.handler)(delivery(body.clone(), 1))
+    );
+    let mut outcomes = [format!("{a:?}"), format!("{b:?}")];
+    outcomes.sort();
+    assert_eq!(outcomes[0], "Ack", "{outcomes:?}");
+    assert!(outcomes[1].starts_with("Defer"), "{outcomes:?}");
+    // The deferred delivery comes back.
+    assert_eq!((w.handler)(delivery(body, 1)).await, Outcome::Ack);
+    assert_eq!(
+        w.blobs.find("mp3s", "job_id", "twice").await.unwrap().len(),
+        1
+    );
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("done"));
+    assert_eq!(meta(&after, "claim").as_deref(), Some(""), "released");
+    let announced = collect_for(&w.broker, "mp3", 2, Duration::from_secs(3)).await;
+    assert_eq!(announced.len(), 1);
+}
+
+/// A claim whose holder died is taken over once its lease ran out; a live
+/// one makes the delivery defer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_holders_claim_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &short_video(dir.path()), "held").await;
+    let live = format!("someone {}", now_ms() + 60_000);
+    w.blobs
+        .update_metadata("videos", &video.id, vec![("claim".into(), live)])
+        .await
+        .unwrap();
+    let body = message("held", &video.id);
+    assert!(matches!(
+        (w.handler)(delivery(body.clone(), 1)).await,
+        Outcome::Defer(r) if r.contains("another delivery is converting")
+    ));
+    let expired = format!("someone {}", now_ms() - 1);
+    w.blobs
+        .update_metadata("videos", &video.id, vec![("claim".into(), expired)])
+        .await
+        .unwrap();
+    assert_eq!((w.handler)(delivery(body, 2)).await, Outcome::Ack);
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("done"));
+}
+
+/// The queue's dead-letter hook marks a given-up job failed and keeps its
+/// video for a replay; a replayed message converts the failed job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_lettered_job_fails_and_a_replay_converts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &short_video(dir.path()), "given-up").await;
+    let body = message("given-up", &video.id);
+    let hook = |reason: &str| (w.on_dead_letter.0)(delivery(body.clone(), 6), reason.to_string());
+
+    // While a delivery holds the job the dead letter waits.
+    let live = format!("someone {}", now_ms() + 60_000);
+    w.blobs
+        .update_metadata("videos", &video.id, vec![("claim".into(), live)])
+        .await
+        .unwrap();
+    assert!(hook("gave up").await.is_err());
+    w.blobs
+        .update_metadata("videos", &video.id, vec![("claim".into(), String::new())])
+        .await
+        .unwrap();
+    hook("gave up after 5 deliveries").await.unwrap();
+    let after = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&after, "state").as_deref(), Some("failed"));
+    assert_eq!(meta(&after, "error").as_deref(), Some("gave up after 5 deliveries"));
+    assert_eq!(after.length, video.length, "kept for a replay");
+    // Another message's hook, or a second call, changes nothing.
+    let forged = message("someone-else", &video.id);
+    (w.on_dead_letter.0)(delivery(forged, 1), "x".into()).await.unwrap();
+    hook("again").await.unwrap();
+    let still = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&still, "error").as_deref(), Some("gave up after 5 deliveries"));
+
+    // A plain redelivery leaves the failed job alone; a replay converts it.
+    assert_eq!((w.handler)(delivery(body.clone(), 1)).await, Outcome::Ack);
+    assert!(w.blobs.find("mp3s", "job_id", "given-up").await.unwrap().is_empty());
+    let replay = Delivery {
+        replayed: true,
+        ..delivery(body, 1)
+    };
+    assert_eq!((w.handler)(replay).await, Outcome::Ack);
+    let done = w.blobs.stat("videos", &video.id).await.unwrap();
+    assert_eq!(meta(&done, "state").as_deref(), Some("done"));
+    assert_eq!(w.blobs.find("mp3s", "job_id", "given-up").await.unwrap().len(), 1);
 }

@@ -35,7 +35,7 @@ impl JobStatus {
             status: get("state").unwrap_or_else(|| "queued".to_owned()),
             video_fid: video.id.clone(),
             mp3_fid: get("mp3_fid"),
-            error: get("error"),
+            error: get("error").filter(|e| !e.is_empty()),
         }
     }
 }

@@ -22,17 +22,21 @@
 //!    message, the message is not about this user's MP3: reject it rather
 //!    than email someone about a file they cannot download. If it has
 //!    `notified`, the email went out already: ack without sending.
-//! 2. Otherwise send, with a Message-ID derived from the job id
-//!    ([`email::message_id`]), then set `notified` to the Message-ID the mail
-//!    capability returned.
+//! 2. Claim the sending with compare-and-set on the MP3's `sending` key
+//!    (`"<delivery> <expires-ms>"`, a lease of [`LEASE_MS`]). A live claim
+//!    of another delivery means that one is sending right now: retry later,
+//!    by when it has recorded `notified`. A dead one (its holder crashed)
+//!    is taken over once its lease has run out.
+//! 3. Send, with a Message-ID derived from the job id ([`email::message_id`]),
+//!    then set `notified` to the Message-ID the mail capability returned
+//!    and release the claim, in one compare-and-set.
 //!
 //! The window that remains: a crash (or a failed metadata update) after the
-//! send and before `notified` is stored, or two deliveries of one message
-//! handled at the same moment, sends the email twice. Both copies carry the
-//! same Message-ID, so mail clients and servers that de-duplicate by
-//! Message-ID show one, and the duplicates are recognisably the same email
-//! rather than two announcements. Closing the window entirely would need the
-//! mail server and the blob store to commit together, which they cannot.
+//! send and before `notified` is stored sends the email again after the
+//! lease. Both copies carry the same Message-ID, so the outbox keeps one
+//! file, and mail clients and servers that de-duplicate by Message-ID show
+//! one. Closing the window entirely would need the mail server and the blob
+//! store to commit together, which they cannot.
 
 mod email;
 mod message;
@@ -75,11 +79,18 @@ const BUCKET: &str = "mp3s";
 /// The metadata key that records the sent email's Message-ID.
 const NOTIFIED: &str = "notified";
 
+/// The metadata key of a delivery's claim on sending the email.
+const SENDING: &str = "sending";
+
+/// How long a claim on sending holds: far longer than a send takes.
+const LEASE_MS: u64 = 60_000;
+
 struct Notify;
 
 impl handler::Guest for Notify {
     async fn handle(delivery: handler::Message) -> Result<(), Failure> {
-        let result = notify(&delivery.body).await;
+        let token = format!("{}/{}", delivery.message_id, delivery.attempt);
+        let result = notify(&delivery.body, &token).await;
         let what = match &result {
             Ok(done) => done.to_string(),
             Err(Failure::Retry(reason)) => format!("retry: {reason}"),
@@ -144,16 +155,16 @@ impl std::fmt::Display for Done {
     }
 }
 
-async fn notify(body: &[u8]) -> Result<Done, Failure> {
+async fn notify(body: &[u8], token: &str) -> Result<Done, Failure> {
     let job = message::parse(body).map_err(|e| Failure::Reject(e.to_string()))?;
     let info = store::stat(BUCKET.to_string(), job.mp3_fid.clone())
         .await
         .map_err(|e| stat_failure(&job, e))?;
     check_belongs(&job, &info.metadata).map_err(Failure::Reject)?;
-    if let Some((_, notified)) = info.metadata.iter().find(|(k, _)| k == NOTIFIED) {
+    if let Some(notified) = get(&info.metadata, NOTIFIED) {
         return Ok(Done::AlreadySent {
             job_id: job.job_id,
-            notified: notified.clone(),
+            notified: notified.to_string(),
         });
     }
     let public_url = spin_sdk::variables::get("public_url").await.map_err(|e| {
@@ -162,6 +173,7 @@ async fn notify(body: &[u8]) -> Result<Done, Failure> {
              [component.notify.variables], then replay this dead letter"
         ))
     })?;
+    let claim = claim_sending(&job, &info, token).await?;
     // `info.id` is the store's canonical spelling of the fid.
     let ready = email::compose(&job, &info.id, &public_url);
     let message_id = mailer::send(mailer::Message {
@@ -172,12 +184,21 @@ async fn notify(body: &[u8]) -> Result<Done, Failure> {
     })
     .await
     .map_err(|e| mail_failure(&job, e))?;
-    let record = vec![(NOTIFIED.to_string(), message_id.clone())];
-    match store::update_metadata(BUCKET.to_string(), info.id, record).await {
-        Ok(_) => Ok(Done::Sent {
+    let record = vec![
+        (NOTIFIED.to_string(), message_id.clone()),
+        (SENDING.to_string(), String::new()),
+    ];
+    let expect = vec![(SENDING.to_string(), Some(claim))];
+    match store::update_metadata_if(BUCKET.to_string(), info.id, expect, record).await {
+        Ok(Some(_)) => Ok(Done::Sent {
             job_id: job.job_id,
             to: ready.to,
             message_id,
+        }),
+        Ok(None) => Ok(Done::SentUnrecorded {
+            job_id: job.job_id,
+            message_id,
+            error: "the claim on sending ran out before the send finished".into(),
         }),
         Err(e) => Ok(Done::SentUnrecorded {
             job_id: job.job_id,
@@ -187,21 +208,67 @@ async fn notify(body: &[u8]) -> Result<Done, Failure> {
     }
 }
 
+/// Claims sending the job's email for this delivery; returns the stored claim.
+async fn claim_sending(job: &Mp3Ready, info: &store::FileInfo, token: &str) -> Result<String, Failure> {
+    let now = now_ms();
+    let current = get(&info.metadata, SENDING).filter(|v| !v.is_empty());
+    if let Some(expires) = current.and_then(claim_expiry)
+        && expires > now
+    {
+        return Err(Failure::Retry(format!(
+            "another delivery is sending the email for job {} now (its claim runs {} ms more)",
+            job.job_id,
+            expires - now
+        )));
+    }
+    let claim = format!("{token} {}", now.saturating_add(LEASE_MS));
+    let expect = vec![(
+        SENDING.to_string(),
+        get(&info.metadata, SENDING).map(str::to_string),
+    )];
+    let set = vec![(SENDING.to_string(), claim.clone())];
+    match store::update_metadata_if(BUCKET.to_string(), info.id.clone(), expect, set).await {
+        Ok(Some(_)) => Ok(claim),
+        Ok(None) => Err(Failure::Retry(format!(
+            "another delivery took the email for job {} a moment ago",
+            job.job_id
+        ))),
+        Err(e) => Err(stat_failure(job, e)),
+    }
+}
+
+/// When a `sending` claim runs out, in Unix milliseconds.
+fn claim_expiry(claim: &str) -> Option<u64> {
+    claim.rsplit_once(' ')?.1.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn get<'a>(metadata: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The MP3's `owner` and `job_id` (set by the convert worker), where
 /// present, must be the message's.
 fn check_belongs(job: &Mp3Ready, metadata: &[(String, String)]) -> Result<(), String> {
-    let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let (fid, id) = (&job.mp3_fid, &job.job_id);
-    if let Some(owner) = get("owner")
-        && owner != &job.username
+    if let Some(owner) = get(metadata, "owner")
+        && owner != job.username
     {
         return Err(format!(
             "the MP3 {fid} belongs to another account than {} (job {id}); not announcing it",
             job.username
         ));
     }
-    if let Some(stored) = get("job_id")
-        && stored != id
+    if let Some(stored) = get(metadata, "job_id")
+        && stored != id.as_str()
     {
         return Err(format!(
             "the MP3 {fid} was made for job {stored}, not job {id}; not announcing it"
@@ -322,6 +389,13 @@ mod tests {
         assert!(theirs.is_err_and(|e| e.contains("belongs to another account")));
         let other_job = check_belongs(&j, &meta(&[("job_id", "j-2")]));
         assert!(other_job.is_err_and(|e| e.contains("made for job j-2")));
+    }
+
+    #[test]
+    fn claims_carry_their_expiry() {
+        assert_eq!(claim_expiry("m-1/2 1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(claim_expiry(""), None);
+        assert_eq!(claim_expiry("token-only"), None);
     }
 
     #[test]

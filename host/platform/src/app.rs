@@ -23,11 +23,11 @@ use crate::capabilities::outbound_http::{
     AllowList, InternalDispatch, InternalRouter, OutboundHttp,
 };
 use crate::capabilities::queue::component::PublishState;
-use crate::capabilities::queue::{Broker, Consumer, Handler, Outcome};
+use crate::capabilities::queue::{Broker, Consumer, Handler, Outcome, Worker};
 use crate::capabilities::variables::AppVariables;
 use crate::deploy::{Deployed, VersionRecord};
 use crate::manifest::{AmqpTarget, Manifest};
-use crate::metrics::{Metrics, QueueMetrics};
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::admission::Gate;
 use crate::runtime::cache::{CacheOutcome, CompileCache};
@@ -439,11 +439,11 @@ impl App {
     /// and is skipped here.
     pub async fn start_queue_triggers(
         &self,
-        workers: &HashMap<String, Handler>,
+        workers: &HashMap<String, Worker>,
     ) -> Result<Vec<Consumer>> {
         let mut consumers = Vec::new();
         for trigger in &self.amqp_triggers {
-            let (handler, target): (Handler, String) = match trigger.target() {
+            let (handler, on_dead_letter, target): (Handler, _, String) = match trigger.target() {
                 AmqpTarget::Component(id) => {
                     if self.queue_component(id).is_none() {
                         bail!("component `{id}` has no queue handler");
@@ -464,10 +464,14 @@ impl App {
                             }
                         })
                     });
-                    (handler, format!("component `{id}`"))
+                    (handler, None, format!("component `{id}`"))
                 }
                 AmqpTarget::Worker(name) => match workers.get(name) {
-                    Some(handler) => (handler.clone(), format!("worker `{name}`")),
+                    Some(worker) => (
+                        worker.handler.clone(),
+                        worker.on_dead_letter.clone(),
+                        format!("worker `{name}`"),
+                    ),
                     None => {
                         tracing::info!(
                             queue = %trigger.queue,
@@ -477,14 +481,12 @@ impl App {
                     }
                 },
             };
-            let handler = counted(
-                handler,
-                self.metrics.queue(&trigger.queue),
-                trigger.max_attempts,
-            );
+            let mut options = trigger.consume_options();
+            options.metrics = Some(self.metrics.queue(&trigger.queue));
+            options.on_dead_letter = on_dead_letter;
             let consumer = self
                 .broker
-                .consume(&trigger.queue, trigger.consume_options(), handler)
+                .consume(&trigger.queue, options, handler)
                 .await
                 .with_context(|| {
                     format!(
@@ -631,48 +633,6 @@ where
         .with_context(|| format!("{what} did not answer within 2s"))?
         .map_err(Into::into)
         .with_context(|| format!("{what} is not answering"))
-}
-
-/// `handler`, counting each delivery and its outcome in `metrics`. A
-/// retry on the last of `max_attempts` is a dead letter.
-fn counted(handler: Handler, metrics: QueueMetrics, max_attempts: u32) -> Handler {
-    Arc::new(move |delivery| {
-        let (handler, metrics) = (handler.clone(), metrics.clone());
-        let last_attempt = delivery.attempt >= max_attempts;
-        Box::pin(async move {
-            metrics.consumed.inc();
-            let started = Instant::now();
-            let outcome = {
-                // Counted out even when the handler is dropped (shutdown).
-                let _in_flight = InFlight::enter(&metrics.in_flight);
-                handler(delivery).await
-            };
-            metrics.duration.observe(started.elapsed().as_secs_f64());
-            match &outcome {
-                Outcome::Ack => metrics.acked.inc(),
-                Outcome::Retry(_) if last_attempt => metrics.dead_lettered.inc(),
-                Outcome::Retry(_) => metrics.retried.inc(),
-                Outcome::DeadLetter(_) => metrics.dead_lettered.inc(),
-            };
-            outcome
-        })
-    })
-}
-
-/// One message in flight on a gauge, for as long as it lives.
-struct InFlight(prometheus_client::metrics::gauge::Gauge);
-
-impl InFlight {
-    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        InFlight(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 fn running_queue(components: &Components, id: &str) -> Option<Arc<QueueComponent>> {

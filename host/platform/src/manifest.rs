@@ -96,12 +96,21 @@ pub struct AmqpTrigger {
     /// Invocations running at once (default 4).
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
-    /// Attempts before a failing message is dead-lettered (default 5).
+    /// Deliveries before a failing message is dead-lettered (default 5).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// Wait before a failed message is tried again (default 5000).
+    /// Wait before the first retry, doubling with each attempt (default 5000).
     #[serde(default = "default_retry_delay_ms")]
     pub retry_delay_ms: u64,
+    /// The longest wait between two attempts (default 300000, 5 minutes).
+    #[serde(default = "default_retry_delay_max_ms")]
+    pub retry_delay_max_ms: u64,
+    /// Dead letters kept for the queue (default 10000); the oldest go first.
+    #[serde(default = "default_dead_letter_max_count")]
+    pub dead_letter_max_count: u64,
+    /// Days a dead letter is kept (default 14).
+    #[serde(default = "default_dead_letter_max_age_days")]
+    pub dead_letter_max_age_days: u64,
 }
 
 /// What an `[[trigger.amqp]]` entry invokes.
@@ -126,13 +135,21 @@ impl AmqpTrigger {
         self.component.as_deref()
     }
 
-    /// How the consumer should take messages.
+    /// How the consumer should take messages (no hook, no metrics).
     pub fn consume_options(&self) -> crate::capabilities::queue::ConsumeOptions {
+        use std::time::Duration;
         crate::capabilities::queue::ConsumeOptions {
             prefetch: self.concurrency,
             concurrency: usize::from(self.concurrency),
             max_attempts: self.max_attempts,
-            retry_delay: std::time::Duration::from_millis(self.retry_delay_ms),
+            retry_delay: Duration::from_millis(self.retry_delay_ms),
+            retry_delay_max: Duration::from_millis(self.retry_delay_max_ms),
+            dead_letters: crate::capabilities::queue::DeadLetterLimits {
+                max_count: self.dead_letter_max_count,
+                max_age: Duration::from_secs(self.dead_letter_max_age_days.saturating_mul(86_400)),
+            },
+            on_dead_letter: None,
+            metrics: None,
         }
     }
 }
@@ -147,6 +164,18 @@ fn default_max_attempts() -> u32 {
 
 fn default_retry_delay_ms() -> u64 {
     5000
+}
+
+fn default_retry_delay_max_ms() -> u64 {
+    300_000
+}
+
+fn default_dead_letter_max_count() -> u64 {
+    10_000
+}
+
+fn default_dead_letter_max_age_days() -> u64 {
+    14
 }
 
 /// A `[component.NAME]` entry.
@@ -465,6 +494,24 @@ impl Manifest {
                     format!("trigger.amqp[{i}]"),
                     "concurrency and max_attempts must be at least 1".into(),
                     "raise them or leave them out for the defaults".into(),
+                ));
+            }
+            if t.retry_delay_ms == 0 || t.retry_delay_max_ms < t.retry_delay_ms {
+                return Err(err(
+                    format!("trigger.amqp[{i}]"),
+                    format!(
+                        "retry_delay_ms ({}) must be above 0 and at most retry_delay_max_ms ({})",
+                        t.retry_delay_ms, t.retry_delay_max_ms
+                    ),
+                    "raise retry_delay_max_ms or leave both out for the defaults (5000 and 300000)"
+                        .into(),
+                ));
+            }
+            if t.dead_letter_max_count == 0 || t.dead_letter_max_age_days == 0 {
+                return Err(err(
+                    format!("trigger.amqp[{i}]"),
+                    "dead_letter_max_count and dead_letter_max_age_days must be at least 1".into(),
+                    "dead letters are how failures stay inspectable; leave them out for the defaults (10000 and 14)".into(),
                 ));
             }
         }

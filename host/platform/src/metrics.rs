@@ -44,7 +44,7 @@ struct QueueFamilies {
 }
 
 /// One queue's metrics, shared by every delivery its trigger handles.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct QueueMetrics {
     pub consumed: Counter,
     pub acked: Counter,

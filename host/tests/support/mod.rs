@@ -5,6 +5,7 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod gate;
 pub mod smtp_server;
 
 use std::io::{BufRead, BufReader};

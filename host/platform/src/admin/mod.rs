@@ -11,6 +11,10 @@
 //!   when it is refused (the message says why; the old version serves on).
 //! - `POST /components/NAME/rollback`: back to the previous version (409
 //!   when there is none).
+//! - `GET /queues/QUEUE/dead-letters[?limit=N]`: the oldest dead letters
+//!   ([`DeadLetterView`], at most N, default 100, at most 1 000), left in
+//!   place; `POST /queues/QUEUE/dead-letters/replay[?limit=N]` puts them
+//!   back on the queue with their attempts reset ([`ReplayReport`]).
 //!
 //! Access: the deploy API and `/queues/*/dead-letters` always need
 //! `Authorization: Bearer TOKEN` (compared in constant time; 401 otherwise,
@@ -136,12 +140,20 @@ async fn route(
         return components(app, &parts, body, rest).await;
     }
     let path = path.as_str();
-    if let Some(queue) = path
-        .strip_prefix("/queues/")
-        .and_then(|p| p.strip_suffix("/dead-letters"))
-        .filter(|q| !q.is_empty() && !q.contains('/'))
-    {
-        return dead_letters(app, queue).await;
+    if let Some(rest) = path.strip_prefix("/queues/") {
+        let limit = match query_limit(parts.uri.query()) {
+            Ok(limit) => limit,
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
+        };
+        match (&parts.method, rest.split_once('/')) {
+            (&http::Method::GET, Some((queue, "dead-letters"))) if !queue.is_empty() => {
+                return dead_letters(app, queue, limit).await;
+            }
+            (&http::Method::POST, Some((queue, "dead-letters/replay"))) if !queue.is_empty() => {
+                return replay(app, queue, limit).await;
+            }
+            _ => {}
+        }
     }
     match path {
         "/healthz" => host_response(
@@ -164,7 +176,7 @@ async fn route(
         _ => json_error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no admin endpoint {path}; try /healthz, /readyz, /metrics, /components or /queues/QUEUE/dead-letters"
+                "no admin endpoint {path}; try /healthz, /readyz, /metrics, /components, /queues/QUEUE/dead-letters or POST /queues/QUEUE/dead-letters/replay"
             ),
         ),
     }
@@ -348,33 +360,101 @@ impl Body for SlowBodyGuard {
     }
 }
 
+/// A dead letter as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetterView {
+    pub message_id: String,
+    /// The delivery that failed last.
+    pub attempt: u32,
+    pub reason: String,
+    /// When it was dead-lettered (Unix ms), where known.
+    pub dead_at_ms: Option<u64>,
+    /// The message, as text (lossy for binary bodies).
+    pub body: String,
+}
+
+/// What `POST /queues/QUEUE/dead-letters/replay` did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplayReport {
+    pub queue: String,
+    pub replayed: usize,
+}
+
+/// How many dead letters one request lists or replays by default, and at most.
+const DEAD_LETTER_PAGE: usize = 100;
+const DEAD_LETTER_PAGE_MAX: usize = 1_000;
+
+/// `?limit=N` of a dead-letter request.
+fn query_limit(query: Option<&str>) -> Result<usize, String> {
+    let Some(raw) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("limit="))
+    else {
+        return Ok(DEAD_LETTER_PAGE);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=DEAD_LETTER_PAGE_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "limit must be a whole number from 1 to {DEAD_LETTER_PAGE_MAX}, not {raw:?}"
+        )),
+    }
+}
+
 /// The oldest dead letters of a queue, so an operator can see what failed
 /// and why without a broker console.
-async fn dead_letters(app: &App, queue: &str) -> http::Response<WasiBody> {
-    use crate::capabilities::queue::QueueError;
-    match app.broker().dead_letters(queue, 100).await {
+async fn dead_letters(app: &App, queue: &str, limit: usize) -> http::Response<WasiBody> {
+    match app.broker().dead_letters(queue, limit).await {
         Ok(letters) => {
-            let list: Vec<_> = letters
+            let list: Vec<DeadLetterView> = letters
                 .into_iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "message_id": d.message_id,
-                        "attempt": d.attempt,
-                        "reason": d.reason,
-                        "body": String::from_utf8_lossy(&d.body),
-                    })
+                .map(|d| DeadLetterView {
+                    message_id: d.message_id,
+                    attempt: d.attempt,
+                    reason: d.reason,
+                    dead_at_ms: d.dead_at_ms,
+                    body: String::from_utf8_lossy(&d.body).into_owned(),
                 })
                 .collect();
-            host_response(
-                StatusCode::OK,
-                "application/json",
-                serde_json::Value::from(list).to_string(),
-            )
+            json_response(&list)
         }
-        Err(e @ QueueError::UnknownQueue { .. }) => {
-            json_error(StatusCode::NOT_FOUND, &e.to_string())
+        Err(e) => queue_error(e),
+    }
+}
+
+/// Puts dead letters back on their queue, oldest first.
+async fn replay(app: &App, queue: &str, limit: usize) -> http::Response<WasiBody> {
+    match app.broker().replay_dead_letters(queue, limit).await {
+        Ok(replayed) => {
+            tracing::info!(
+                queue,
+                replayed,
+                "dead letters replayed through the admin API"
+            );
+            json_response(&ReplayReport {
+                queue: queue.to_string(),
+                replayed,
+            })
         }
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => queue_error(e),
+    }
+}
+
+fn json_response(value: &impl serde::Serialize) -> http::Response<WasiBody> {
+    match serde_json::to_string(value) {
+        Ok(text) => host_response(StatusCode::OK, "application/json", text),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding the answer: {e}"),
+        ),
+    }
+}
+
+fn queue_error(e: crate::capabilities::queue::QueueError) -> http::Response<WasiBody> {
+    use crate::capabilities::queue::QueueError;
+    match e {
+        e @ QueueError::UnknownQueue { .. } => json_error(StatusCode::NOT_FOUND, &e.to_string()),
+        e => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

@@ -2,11 +2,13 @@
 //! `<state-dir>/outbox/`, byte for byte what SMTP would have carried as DATA,
 //! so a developer can open it in a mail client and a test can read it.
 //!
-//! Names are `<unix-millis, 13 digits>-<first 16 hex of sha256(Message-ID)>.eml`:
-//! they sort by time, and a resend of the same message in the same
-//! millisecond lands on the same name instead of a second file. Files are
-//! written to a hidden temporary name, synced and renamed into place, so a
-//! reader never sees half a message.
+//! Names are `<first 32 hex of sha256(Message-ID)>.eml`: one file per
+//! Message-ID, so a resend of the same message (a redelivered job, two
+//! deliveries at once) finds its file there and writes nothing, the way a
+//! receiver that deduplicates by Message-ID would show it once. Files are
+//! written to a hidden temporary name, synced, and linked into place only if
+//! the name is free (then the directory is synced), so a reader never sees
+//! half a message and a crash never loses an acknowledged one.
 
 use super::MailError;
 use super::message::Prepared;
@@ -15,7 +17,6 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Cheap to clone.
 #[derive(Clone, Debug)]
@@ -91,12 +92,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn file_name(message_id: &str) -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
     let digest = hex::encode(Sha256::digest(message_id.as_bytes()));
-    format!("{millis:013}-{}.eml", &digest[..16])
+    format!("{}.eml", digest.get(..32).unwrap_or(&digest))
 }
 
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
@@ -110,6 +107,12 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     let path = dir.join(name);
-    temp.persist(&path).map_err(|e| e.error)?;
+    match temp.persist_noclobber(&path) {
+        Ok(_) => std::fs::File::open(dir)?.sync_all()?,
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            tracing::debug!(path = %path.display(), "this Message-ID is in the outbox already");
+        }
+        Err(e) => return Err(e.error),
+    }
     Ok(path)
 }

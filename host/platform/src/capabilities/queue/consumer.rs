@@ -1,14 +1,18 @@
 //! What both backends' consumers share: the [`Consumer`] handle, the stop
-//! signal, and running a handler so that a panic becomes a retry instead of
-//! a message stuck unacknowledged.
+//! signal, and [`process`]: one delivery from the delivery limit through
+//! the handler (a panic becomes a retry instead of a message stuck
+//! unacknowledged) and the dead-letter hook to a [`Settle`], counted.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Instant;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Delivery, Handler, Outcome};
+use super::{ConsumeOptions, Delivery, Handler, Outcome, Settle};
 
 /// A running consumer. [`Consumer::stop`] ends it cleanly; dropping it
 /// stops it too, without waiting for in-flight handlers.
@@ -60,6 +64,7 @@ impl Consumer {
 }
 
 /// Set when the consumer should stop (also when its [`Consumer`] is dropped).
+#[derive(Clone)]
 pub(super) struct StopSignal(watch::Receiver<bool>);
 
 impl StopSignal {
@@ -70,20 +75,119 @@ impl StopSignal {
     }
 }
 
-/// Runs `handler` on `delivery`; a panic, in the call or in the future, is
-/// reported as [`Outcome::Retry`].
-pub(super) async fn run_handler(handler: &Handler, delivery: Delivery) -> Outcome {
-    let queue = delivery.queue.clone();
-    let message_id = delivery.message_id.clone();
+/// Takes one delivery to a decision: past `max_attempts` deliveries it is
+/// not run at all; otherwise the handler's answer decides. A dead letter
+/// passes the options' hook first, and waits for the next delivery when
+/// the hook fails.
+pub(super) async fn process(
+    handler: &Handler,
+    opts: &ConsumeOptions,
+    delivery: Delivery,
+) -> Settle {
+    let (queue, message_id, attempt) = (
+        delivery.queue.clone(),
+        delivery.message_id.clone(),
+        delivery.attempt,
+    );
+    let metrics = opts.metrics.as_ref();
+    let settle = match Settle::over_limit(attempt, opts.max_attempts) {
+        Some(dead) => dead,
+        None => {
+            let started = Instant::now();
+            let outcome = {
+                // Counted out even when the handler is dropped (shutdown).
+                let _in_flight = metrics.map(|m| InFlight::enter(&m.in_flight));
+                if let Some(m) = metrics {
+                    m.consumed.inc();
+                }
+                guarded(&queue, &message_id, "handler", || handler(delivery.clone()))
+                    .await
+                    .unwrap_or_else(Outcome::Retry)
+            };
+            if let Some(m) = metrics {
+                m.duration.observe(started.elapsed().as_secs_f64());
+            }
+            Settle::decide(outcome, attempt, opts)
+        }
+    };
+    let settle = match (settle, &opts.on_dead_letter) {
+        (Settle::Dead { reason }, Some(hook)) => {
+            let hooked = guarded(&queue, &message_id, "dead-letter hook", || {
+                (hook.0)(delivery, reason.clone())
+            })
+            .await
+            .and_then(|answer| answer);
+            match hooked {
+                Ok(()) => Settle::Dead { reason },
+                Err(e) => Settle::retry(
+                    attempt.saturating_add(1),
+                    opts.backoff(attempt),
+                    format!("not dead-lettered yet, its hook failed ({e}); it was: {reason}"),
+                ),
+            }
+        }
+        (settle, _) => settle,
+    };
+    match &settle {
+        Settle::Ack => {
+            if let Some(m) = metrics {
+                m.acked.inc();
+            }
+        }
+        Settle::Retry {
+            next_attempt,
+            delay,
+            reason,
+            ..
+        } => {
+            if let Some(m) = metrics {
+                m.retried.inc();
+            }
+            let deferred = *next_attempt == attempt;
+            tracing::warn!(%queue, %message_id, attempt, deferred, ?delay, "will deliver again: {reason}");
+        }
+        Settle::Dead { reason } => {
+            if let Some(m) = metrics {
+                m.dead_lettered.inc();
+            }
+            tracing::error!(%queue, %message_id, attempt, "message dead-lettered: {reason}");
+        }
+    }
+    settle
+}
+
+/// Calls `f` and awaits its future; a panic in either is an error naming `what`.
+async fn guarded<T>(
+    queue: &str,
+    message_id: &str,
+    what: &str,
+    f: impl FnOnce() -> BoxFuture<'static, T>,
+) -> Result<T, String> {
     let panicked = || {
-        tracing::error!(%queue, %message_id, "the queue handler panicked");
-        Outcome::Retry("the handler panicked".to_string())
+        tracing::error!(%queue, %message_id, "the queue {what} panicked");
+        format!("the {what} panicked")
     };
-    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(delivery))) else {
-        return panicked();
+    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(f)) else {
+        return Err(panicked());
     };
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(_) => panicked(),
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|_| panicked())
+}
+
+/// One message in flight on a gauge, for as long as it lives.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -16,9 +16,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use super::consumer::{Consumer, StopSignal, run_handler};
+use super::consumer::{Consumer, StopSignal, process};
 use super::embedded_store::{Claimed, Store};
-use super::{ConsumeOptions, DeadLetter, Delivery, Handler, QueueError, Settle, new_message_id};
+use super::{
+    ConsumeOptions, DEAD_LETTER_TRIM_EVERY, DeadLetter, Delivery, Handler, QueueError, Settle,
+    new_message_id,
+};
 
 /// How long a consumer with nothing to do sleeps before looking again
 /// (publishes in this process wake it at once).
@@ -117,6 +120,18 @@ impl Embedded {
         blocking(&self.store, move |s| s.dead_letters(&queue, limit)).await
     }
 
+    pub(super) async fn replay_dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let waker = self.waker(queue)?;
+        let q = queue.to_string();
+        let moved = blocking(&self.store, move |s| s.replay(&q, limit)).await?;
+        waker.notify_waiters();
+        Ok(moved)
+    }
+
     #[cfg(test)]
     pub(super) async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         let queue = queue.to_string();
@@ -180,8 +195,20 @@ async fn consume_loop(
 ) {
     let slots = Arc::new(Semaphore::new(opts.slots()));
     let mut running = JoinSet::new();
+    let mut next_trim = tokio::time::Instant::now();
     loop {
         while running.try_join_next().is_some() {}
+        if tokio::time::Instant::now() >= next_trim {
+            next_trim += DEAD_LETTER_TRIM_EVERY;
+            let (q, limits) = (queue.clone(), opts.dead_letters);
+            match blocking(&store, move |s| s.trim_dead_letters(&q, limits)).await {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::warn!(%queue, dropped, ?limits, "dropped dead letters past the queue's bounds");
+                }
+                Err(e) => tracing::error!(%queue, "cannot trim the dead letters: {e}"),
+            }
+        }
         let permit = tokio::select! {
             biased;
             () = stop.wait() => break,
@@ -243,28 +270,28 @@ async fn handle(
         message_id,
         body,
         attempt,
+        replayed,
     } = message;
     let delivery = Delivery {
         queue: queue.to_string(),
         body,
         attempt,
         message_id: message_id.clone(),
+        replayed,
     };
-    let outcome = run_handler(handler, delivery).await;
-    let settle = Settle::decide(outcome, attempt, opts.max_attempts);
-    let delay = opts.retry_delay;
+    let settle = process(handler, opts, delivery).await;
     let result = match &settle {
         Settle::Ack => blocking(store, move |s| s.ack(id)).await,
         Settle::Retry {
             next_attempt,
+            delay,
             reason,
+            ..
         } => {
-            tracing::warn!(%queue, %message_id, attempt, "handler failed, will retry: {reason}");
-            let (next, reason) = (*next_attempt, reason.clone());
+            let (next, delay, reason) = (*next_attempt, *delay, reason.clone());
             blocking(store, move |s| s.retry(id, next, &reason, delay)).await
         }
         Settle::Dead { reason } => {
-            tracing::error!(%queue, %message_id, attempt, "message dead-lettered: {reason}");
             let reason = reason.clone();
             blocking(store, move |s| s.dead_letter(id, &reason)).await
         }

@@ -6,8 +6,12 @@
 //! Claims live only as long as the process that made them: only one process
 //! may open the directory (see `embedded.rs`), so opening it resets every
 //! claim, and the messages a dead process was handling are delivered again.
-//! Ack deletes the row; retry bumps `attempt` and `visible_at`; dead-letter
-//! moves the row to `dead_letters`, with the reason.
+//! `attempt` counts the deliveries handed out so far: it is raised in the
+//! same transaction that claims the message, before any handler runs, so a
+//! delivery that crashes the process still counts. Ack deletes the row;
+//! retry sets `visible_at` (a deferral also gives the count back);
+//! dead-letter moves the row to `dead_letters`, with the reason; replay
+//! moves it back with the count at 0 and `replayed` set.
 //!
 //! All calls are blocking; `embedded.rs` runs them on the blocking pool.
 
@@ -17,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DeadLetter, QueueError};
+use super::{DeadLetter, DeadLetterLimits, QueueError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -28,7 +32,8 @@ CREATE TABLE IF NOT EXISTS messages (
     attempt     INTEGER NOT NULL,
     visible_at  INTEGER NOT NULL,
     claimed     INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
+    last_error  TEXT,
+    replayed    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, claimed, visible_at, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -43,13 +48,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
 ";
 
+/// `PRAGMA user_version` of [`SCHEMA`]. Version 0 (before delivery counting)
+/// kept in `attempt` the number of the next delivery and had no `replayed`.
+const SCHEMA_VERSION: i64 = 1;
+
 /// A message taken for handling.
 #[derive(Debug)]
 pub(super) struct Claimed {
     pub(super) id: i64,
     pub(super) message_id: String,
     pub(super) body: Vec<u8>,
+    /// This delivery's number, already stored.
     pub(super) attempt: u32,
+    pub(super) replayed: bool,
 }
 
 pub(super) struct Store {
@@ -77,8 +88,7 @@ impl Store {
             .map_err(store_err("cannot switch to WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(store_err("cannot set synchronous=FULL"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(store_err("cannot create the tables"))?;
+        migrate(&conn).map_err(store_err("cannot create or upgrade the tables"))?;
         let released = conn
             .execute("UPDATE messages SET claimed = 0 WHERE claimed = 1", [])
             .map_err(store_err("cannot release old claims"))?;
@@ -123,20 +133,21 @@ impl Store {
         self.with("cannot store the message", |c| {
             c.execute(
                 "INSERT INTO messages (queue, message_id, body, attempt, visible_at)
-                 VALUES (?1, ?2, ?3, 1, ?4)",
+                 VALUES (?1, ?2, ?3, 0, ?4)",
                 params![queue, message_id, body, now_ms()],
             )
             .map(drop)
         })
     }
 
-    /// Takes the oldest visible, unclaimed message of `queue`.
+    /// Takes the oldest visible, unclaimed message of `queue`, counting
+    /// the delivery.
     pub(super) fn claim(&self, queue: &str) -> Result<Option<Claimed>, QueueError> {
         self.with("cannot take a message", |c| {
             let tx = c.transaction()?;
             let claimed = tx
                 .query_row(
-                    "SELECT id, message_id, body, attempt FROM messages
+                    "SELECT id, message_id, body, attempt + 1, replayed FROM messages
                      WHERE queue = ?1 AND claimed = 0 AND visible_at <= ?2
                      ORDER BY visible_at, id LIMIT 1",
                     params![queue, now_ms()],
@@ -146,12 +157,16 @@ impl Store {
                             message_id: row.get(1)?,
                             body: row.get(2)?,
                             attempt: row.get(3)?,
+                            replayed: row.get(4)?,
                         })
                     },
                 )
                 .optional()?;
             if let Some(m) = &claimed {
-                tx.execute("UPDATE messages SET claimed = 1 WHERE id = ?1", [m.id])?;
+                tx.execute(
+                    "UPDATE messages SET claimed = 1, attempt = ?2 WHERE id = ?1",
+                    params![m.id, m.attempt],
+                )?;
             }
             tx.commit()?;
             Ok(claimed)
@@ -178,6 +193,8 @@ impl Store {
         })
     }
 
+    /// Releases the message until `delay` has passed; its next delivery
+    /// will be number `next_attempt`.
     pub(super) fn retry(
         &self,
         id: i64,
@@ -190,7 +207,12 @@ impl Store {
             c.execute(
                 "UPDATE messages SET claimed = 0, attempt = ?2, last_error = ?3, visible_at = ?4
                  WHERE id = ?1",
-                params![id, next_attempt, reason, now_ms().saturating_add(delay_ms)],
+                params![
+                    id,
+                    next_attempt.saturating_sub(1),
+                    reason,
+                    now_ms().saturating_add(delay_ms)
+                ],
             )
             .map(drop)
         })
@@ -217,7 +239,7 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with("cannot read the dead letters", |c| {
             let mut stmt = c.prepare(
-                "SELECT body, message_id, attempt, reason FROM dead_letters
+                "SELECT body, message_id, attempt, reason, dead_at FROM dead_letters
                  WHERE queue = ?1 ORDER BY id LIMIT ?2",
             )?;
             stmt.query_map(params![queue, limit], |row| {
@@ -226,9 +248,60 @@ impl Store {
                     message_id: row.get(1)?,
                     attempt: row.get(2)?,
                     reason: row.get(3)?,
+                    dead_at_ms: row
+                        .get::<_, i64>(4)
+                        .ok()
+                        .and_then(|t| u64::try_from(t).ok()),
                 })
             })?
             .collect()
+        })
+    }
+
+    /// Moves up to `limit` of `queue`'s dead letters, oldest first, back to
+    /// the queue with the count reset and `replayed` set.
+    pub(super) fn replay(&self, queue: &str, limit: usize) -> Result<usize, QueueError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with("cannot replay the dead letters", |c| {
+            let tx = c.transaction()?;
+            let moved = tx.execute(
+                "INSERT INTO messages (queue, message_id, body, attempt, visible_at, replayed)
+                 SELECT queue, message_id, body, 0, ?3, 1 FROM dead_letters
+                 WHERE queue = ?1 ORDER BY id LIMIT ?2",
+                params![queue, limit, now_ms()],
+            )?;
+            tx.execute(
+                "DELETE FROM dead_letters WHERE id IN
+                 (SELECT id FROM dead_letters WHERE queue = ?1 ORDER BY id LIMIT ?2)",
+                params![queue, limit],
+            )?;
+            tx.commit()?;
+            Ok(moved)
+        })
+    }
+
+    /// Drops `queue`'s dead letters older than `max_age` and, past
+    /// `max_count`, the oldest; returns how many went.
+    pub(super) fn trim_dead_letters(
+        &self,
+        queue: &str,
+        limits: DeadLetterLimits,
+    ) -> Result<usize, QueueError> {
+        let max_age = i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX);
+        let keep = i64::try_from(limits.max_count).unwrap_or(i64::MAX);
+        self.with("cannot trim the dead letters", |c| {
+            let tx = c.transaction()?;
+            let old = tx.execute(
+                "DELETE FROM dead_letters WHERE queue = ?1 AND dead_at < ?2",
+                params![queue, now_ms().saturating_sub(max_age)],
+            )?;
+            let over = tx.execute(
+                "DELETE FROM dead_letters WHERE queue = ?1 AND id NOT IN
+                 (SELECT id FROM dead_letters WHERE queue = ?1 ORDER BY id DESC LIMIT ?2)",
+                params![queue, keep],
+            )?;
+            tx.commit()?;
+            Ok(old + over)
         })
     }
 
@@ -246,6 +319,26 @@ impl Store {
             c.query_row("SELECT 1", [], |_| Ok(()))
         })
     }
+}
+
+/// Creates the tables, or brings a version-0 file up to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let has_messages: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_messages && version == 0 {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE messages ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+             UPDATE messages SET attempt = attempt - 1;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
 fn now_ms() -> i64 {

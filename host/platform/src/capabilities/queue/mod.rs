@@ -13,20 +13,37 @@
 //!   `synchronous=FULL`). A message leaves its queue only when its handler
 //!   finished; a handler that never finishes (crash, lost connection) means
 //!   the message is delivered again. Handlers must therefore be idempotent.
-//! - **Bounded retries.** A handler answers [`Outcome::Retry`]; the message
-//!   comes back after `retry_delay` with [`Delivery::attempt`] one higher.
-//!   When the failed attempt was number `max_attempts`, or the handler
-//!   answered [`Outcome::DeadLetter`], the message moves to the queue's
-//!   dead-letter queue (`<queue>.dead`) with the reason, and stops looping.
-//!   A crash while handling does not count as an attempt on either backend:
-//!   attempts count handler answers (a guest trap is an answer: `Retry`).
+//! - **Every delivery counts.** [`Delivery::attempt`] is the number of this
+//!   delivery, however the earlier ones ended: an answer, a crash, an OOM
+//!   kill or a lost connection. The embedded store counts when it hands the
+//!   message out; RabbitMQ marks a message that comes back unanswered
+//!   `redelivered`, and the consumer then republishes it with the count one
+//!   higher (through the retry delay) before anything runs it, so a message
+//!   that kills its handler is dead-lettered after `max_attempts` like one
+//!   that fails politely.
+//! - **Retries back off.** A handler answers [`Outcome::Retry`]; the message
+//!   comes back after `retry_delay · 2^(attempt-1)`, capped at
+//!   `retry_delay_max`, with jitter (a random point in the upper half), so a
+//!   backend blip does not exhaust the attempts and a crowd of failures does
+//!   not return at one instant. [`Outcome::Defer`] puts a message back after
+//!   `retry_delay` without counting the attempt (the job is someone else's
+//!   right now).
+//! - **Dead letters are final and bounded.** When the failed attempt was
+//!   number `max_attempts`, or the handler answered [`Outcome::DeadLetter`],
+//!   the message moves to `<queue>.dead` with the reason. The consumer's
+//!   [`DeadLetterHook`] runs first (the convert worker marks the job
+//!   `failed` there), and if it fails the move waits for the next delivery,
+//!   so what a job says and where its message is never disagree. Each
+//!   consumer trims its dead-letter queue to `dead_letters.max_count` and
+//!   `dead_letters.max_age`; [`Broker::replay_dead_letters`] puts them back
+//!   with the count reset and [`Delivery::replayed`] set.
 //! - **Bounded work.** At most `min(prefetch, concurrency)` handlers run at
 //!   once per consumer; on RabbitMQ `prefetch` also bounds what the broker
 //!   pushes ahead (`basic.qos`).
 //!
 //! The retry/dead-letter design is described in `rabbitmq.rs`; the embedded
-//! store in `embedded_store.rs`; broadcasts to every host (deploy events)
-//! in `broadcast.rs`.
+//! store in `embedded_store.rs`; what both consumers share in `consumer.rs`;
+//! broadcasts to every host (deploy events) in `broadcast.rs`.
 
 mod broadcast;
 pub mod component;
@@ -50,6 +67,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::metrics::QueueMetrics;
+
 pub use broadcast::{BROADCAST_DEPLOYS, Signal, Subscription};
 pub use consumer::Consumer;
 
@@ -63,6 +82,9 @@ pub struct Delivery {
     pub attempt: u32,
     /// Stable across retries and redeliveries, so handlers can deduplicate.
     pub message_id: String,
+    /// Put back from the dead letters by an operator: a handler that would
+    /// skip a job it already gave up on should try it again.
+    pub replayed: bool,
 }
 
 /// What a handler made of a [`Delivery`].
@@ -73,8 +95,44 @@ pub enum Outcome {
     /// Failed, maybe transiently: try again after `retry_delay`, or
     /// dead-letter it if this was attempt `max_attempts`.
     Retry(String),
+    /// Not now, and not a failure (e.g. another delivery of the same job is
+    /// being handled): deliver again after `retry_delay`, without counting
+    /// this attempt.
+    Defer(String),
     /// Failed for good (e.g. a malformed message): dead-letter it now.
     DeadLetter(String),
+}
+
+/// Runs before a message is moved to the dead letters, with the reason; an
+/// error postpones the move to the message's next delivery. For consumers
+/// whose messages stand for state elsewhere (a job that must end `failed`).
+#[derive(Clone)]
+pub struct DeadLetterHook(pub Arc<DeadLetterFn>);
+
+/// What a [`DeadLetterHook`] calls: the delivery and why it is given up.
+pub type DeadLetterFn =
+    dyn Fn(Delivery, String) -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+impl std::fmt::Debug for DeadLetterHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadLetterHook")
+    }
+}
+
+/// How many dead letters a queue keeps: the oldest go first past either bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    pub max_count: u64,
+    pub max_age: Duration,
+}
+
+impl Default for DeadLetterLimits {
+    fn default() -> Self {
+        DeadLetterLimits {
+            max_count: 10_000,
+            max_age: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }
 
 /// How a consumer takes messages.
@@ -84,10 +142,17 @@ pub struct ConsumeOptions {
     pub prefetch: u16,
     /// Handlers running at once (effective bound: `min(prefetch, concurrency)`).
     pub concurrency: usize,
-    /// Attempts before a message that keeps failing is dead-lettered.
+    /// Deliveries before a message that keeps failing is dead-lettered.
     pub max_attempts: u32,
-    /// How long a retried message waits before it is delivered again.
+    /// The wait before the first retry; it doubles with every attempt.
     pub retry_delay: Duration,
+    /// The longest wait between two attempts.
+    pub retry_delay_max: Duration,
+    /// The bounds of this queue's dead-letter queue.
+    pub dead_letters: DeadLetterLimits,
+    pub on_dead_letter: Option<DeadLetterHook>,
+    /// Where deliveries and their outcomes are counted.
+    pub metrics: Option<QueueMetrics>,
 }
 
 impl Default for ConsumeOptions {
@@ -97,6 +162,10 @@ impl Default for ConsumeOptions {
             concurrency: 4,
             max_attempts: 5,
             retry_delay: Duration::from_secs(5),
+            retry_delay_max: Duration::from_secs(300),
+            dead_letters: DeadLetterLimits::default(),
+            on_dead_letter: None,
+            metrics: None,
         }
     }
 }
@@ -108,6 +177,17 @@ impl ConsumeOptions {
                 "prefetch, concurrency and max_attempts must be at least 1 (got {self:?})"
             )));
         }
+        if self.retry_delay.is_zero() || self.retry_delay_max < self.retry_delay {
+            return Err(QueueError::InvalidOptions(format!(
+                "retry_delay must be above 0 and at most retry_delay_max (got {:?} and {:?})",
+                self.retry_delay, self.retry_delay_max
+            )));
+        }
+        if self.dead_letters.max_count == 0 || self.dead_letters.max_age.is_zero() {
+            return Err(QueueError::InvalidOptions(
+                "dead letters must be kept: their count and age bounds must be above 0".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -116,10 +196,37 @@ impl ConsumeOptions {
     fn slots(&self) -> usize {
         self.concurrency.min(usize::from(self.prefetch))
     }
+
+    /// The backoff step after failed attempt `attempt` (no jitter): the
+    /// RabbitMQ backend keeps one retry queue per step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.retry_delay
+            .saturating_mul(1u32 << doublings)
+            .min(self.retry_delay_max)
+    }
+}
+
+/// How often a consumer trims its dead-letter queue to its bounds.
+const DEAD_LETTER_TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// A random point in the upper half of `step`: far enough to back off,
+/// spread enough that failures from one moment do not return together.
+fn jitter(step: Duration) -> Duration {
+    let half = step / 2;
+    half + half.mul_f64(fastrand::f64())
 }
 
 /// Called once per delivery; the message is settled by what it returns.
 pub type Handler = Arc<dyn Fn(Delivery) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// A native queue handler (the convert worker) and what it needs done
+/// before one of its messages is dead-lettered.
+#[derive(Clone)]
+pub struct Worker {
+    pub handler: Handler,
+    pub on_dead_letter: Option<DeadLetterHook>,
+}
 
 /// A message in a dead-letter queue, as [`Broker::dead_letters`] shows it.
 #[derive(Debug, Clone)]
@@ -130,6 +237,9 @@ pub struct DeadLetter {
     pub attempt: u32,
     /// Why it was dead-lettered (the handler's message).
     pub reason: String,
+    /// When, in Unix milliseconds (unknown for what the broker itself
+    /// dead-lettered).
+    pub dead_at_ms: Option<u64>,
 }
 
 /// Errors from either backend, each saying what was being done.
@@ -276,6 +386,21 @@ impl Broker {
         }
     }
 
+    /// Moves up to `limit` of `queue`'s dead letters, oldest first, back to
+    /// the queue, with the attempt count reset and [`Delivery::replayed`]
+    /// set; returns how many moved. At-least-once: a crash mid-way can leave
+    /// a replayed message in both places.
+    pub async fn replay_dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        match self {
+            Broker::RabbitMq(b) => b.replay_dead_letters(queue, limit).await,
+            Broker::Embedded(b) => b.replay_dead_letters(queue, limit).await,
+        }
+    }
+
     /// Up to `limit` messages of `queue`'s dead-letter queue, oldest first,
     /// left in place.
     pub async fn dead_letters(
@@ -311,9 +436,12 @@ impl Broker {
 #[derive(Debug, PartialEq, Eq)]
 enum Settle {
     Ack,
-    /// Deliver again as attempt `next_attempt` after the retry delay.
+    /// Deliver again after `delay` (a jittered point of the backoff
+    /// `step`), as delivery number `next_attempt`.
     Retry {
         next_attempt: u32,
+        step: Duration,
+        delay: Duration,
         reason: String,
     },
     Dead {
@@ -322,18 +450,36 @@ enum Settle {
 }
 
 impl Settle {
-    fn decide(outcome: Outcome, attempt: u32, max_attempts: u32) -> Settle {
+    fn decide(outcome: Outcome, attempt: u32, opts: &ConsumeOptions) -> Settle {
         match outcome {
             Outcome::Ack => Settle::Ack,
-            Outcome::Retry(reason) if attempt >= max_attempts => Settle::Dead {
+            Outcome::Retry(reason) if attempt >= opts.max_attempts => Settle::Dead {
                 reason: format!("gave up after {attempt} attempts: {reason}"),
             },
-            Outcome::Retry(reason) => Settle::Retry {
-                next_attempt: attempt + 1,
-                reason,
-            },
+            Outcome::Retry(reason) => Settle::retry(attempt + 1, opts.backoff(attempt), reason),
+            Outcome::Defer(reason) => Settle::retry(attempt, opts.retry_delay, reason),
             Outcome::DeadLetter(reason) => Settle::Dead { reason },
         }
+    }
+
+    fn retry(next_attempt: u32, step: Duration, reason: String) -> Settle {
+        Settle::Retry {
+            next_attempt,
+            step,
+            delay: jitter(step),
+            reason,
+        }
+    }
+
+    /// A delivery past the limit: the earlier ones never answered (the
+    /// handler crashed, was killed or lost its connection).
+    fn over_limit(attempt: u32, max_attempts: u32) -> Option<Settle> {
+        (attempt > max_attempts).then(|| Settle::Dead {
+            reason: format!(
+                "gave up after {max_attempts} deliveries: the last ones ended without an answer \
+                 (the handler crashed, was killed or lost its connection)"
+            ),
+        })
     }
 }
 

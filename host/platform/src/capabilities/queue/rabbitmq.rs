@@ -11,13 +11,29 @@
 //!
 //! ## Retries and dead letters: republish, then ack
 //!
-//! A failed attempt is published (persistent, confirmed) to `Q.retry` with
-//! the header `x-spindle-attempt` = next attempt and a per-message
-//! `expiration` of `retry_delay`; `Q.retry` has no consumer and dead-letters
-//! expired messages back to `Q` through the default exchange. Only after the
-//! broker confirmed that copy is the original acked. A message that failed
-//! its last attempt, or whose handler said [`Outcome::DeadLetter`], is
-//! published to `spindle.dead` (→ `Q.dead`) with `x-spindle-error`, then acked.
+//! A failed attempt is published (persistent, confirmed) to a retry queue
+//! `Q.retry.<step>ms` with the header `x-spindle-attempt` = next attempt and
+//! a per-message `expiration` (the jittered delay, at most `<step>`). Each
+//! backoff step has its own retry queue, declared when first used, with no
+//! consumer: it dead-letters expired messages back to `Q` through the
+//! default exchange. Per-message TTLs expire only at the head of a queue;
+//! within one step a message waits at most `<step>`, and a long step never
+//! holds up a short one. Only after the broker confirmed that copy is the
+//! original acked. A message that failed its last attempt, or whose handler
+//! said [`Outcome::DeadLetter`], is published to `spindle.dead` (→ `Q.dead`)
+//! with `x-spindle-error` and `x-spindle-dead-at`, then acked.
+//!
+//! ## Counting every delivery on classic queues
+//!
+//! A delivery that never answered (the process crashed or was OOM-killed,
+//! its connection dropped, or the consumer stopped before starting it)
+//! comes back with the `redelivered` flag and the same attempt header. The
+//! consumer does not run such a message: it republishes it with the count
+//! one higher through the retry queue of that attempt's step, then acks it.
+//! So the count is stored in the broker before the handler can crash again,
+//! and past `max_attempts` the message is dead-lettered without running.
+//! (Quorum queues count deliveries themselves, but an existing classic
+//! queue cannot change type in place; this works on both.)
 //!
 //! Why this, rather than `nack(requeue=false)` and counting `x-death`:
 //! - the attempt count is our own header, so it does not depend on how a
@@ -29,8 +45,8 @@
 //! - confirm-before-ack means a crash in between gives a duplicate, never a
 //!   loss (at-least-once, as everywhere else).
 //!
-//! Per-message TTLs expire only at the head of `Q.retry`; since one consumer
-//! uses one `retry_delay`, messages there expire in order anyway.
+//! `Q.retry` (one queue, from before backoff steps) is still declared, so
+//! messages waiting there when a host is upgraded still come back.
 //!
 //! ## Reconnection
 //!
@@ -47,8 +63,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -58,7 +74,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::consumer::Consumer;
-use super::{ConsumeOptions, DeadLetter, Handler, QueueError, dead_queue_name, new_message_id};
+use super::{
+    ConsumeOptions, DeadLetter, DeadLetterLimits, Handler, QueueError, dead_queue_name,
+    new_message_id,
+};
 
 /// The exchange every `Q.dead` is bound to.
 pub(super) const DEAD_EXCHANGE: &str = "spindle.dead";
@@ -66,6 +85,10 @@ pub(super) const DEAD_EXCHANGE: &str = "spindle.dead";
 pub(super) const ATTEMPT_HEADER: &str = "x-spindle-attempt";
 /// Why a message was retried or dead-lettered.
 pub(super) const ERROR_HEADER: &str = "x-spindle-error";
+/// When a message was dead-lettered, in Unix milliseconds.
+pub(super) const DEAD_AT_HEADER: &str = "x-spindle-dead-at";
+/// Set on a message an operator replayed from the dead letters.
+pub(super) const REPLAYED_HEADER: &str = "x-spindle-replayed";
 /// How long a publish keeps trying through reconnections before it fails.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How long one connection attempt may take.
@@ -77,6 +100,11 @@ pub(super) fn retry_queue_name(queue: &str) -> String {
     format!("{queue}.retry")
 }
 
+/// The retry queue of one backoff step.
+pub(super) fn retry_step_queue(queue: &str, step: Duration) -> String {
+    format!("{queue}.retry.{}ms", step.as_millis())
+}
+
 pub struct RabbitMq {
     url: String,
     /// The URL without its password, for logs and errors.
@@ -85,6 +113,9 @@ pub struct RabbitMq {
     connection_name: String,
     queues: Vec<String>,
     live: Mutex<Option<Live>>,
+    /// Retry step queues declared by this process, for tests to clean up.
+    #[cfg(test)]
+    steps: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The current connection and its confirm-mode publishing channel.
@@ -97,11 +128,12 @@ impl RabbitMq {
     pub(super) async fn connect(url: &str, queues: Vec<String>) -> Result<RabbitMq, QueueError> {
         let target = redact(url);
         for queue in &queues {
-            // `.retry` is the longest suffix; AMQP names are at most 255 bytes.
-            if ShortString::try_new(retry_queue_name(queue)).is_err() || queue.is_empty() {
+            // A retry step queue has the longest name; AMQP allows 255 bytes.
+            let longest = retry_step_queue(queue, Duration::MAX);
+            if ShortString::try_new(longest).is_err() || queue.is_empty() {
                 return Err(QueueError::UnknownQueue {
                     queue: queue.clone(),
-                    declared: "queue names must be 1 to 249 bytes long".into(),
+                    declared: "queue names must be 1 to 200 bytes long".into(),
                 });
             }
         }
@@ -111,6 +143,8 @@ impl RabbitMq {
             target,
             queues,
             live: Mutex::new(None),
+            #[cfg(test)]
+            steps: Default::default(),
         };
         // A broker that is not up yet (a cluster starting in any order) is
         // not fatal: publishing fails until it is, consumers subscribe once
@@ -233,23 +267,16 @@ impl RabbitMq {
             .await
             .map_err(self.amqp_err("cannot declare the dead-letter exchange"))?;
         for queue in &self.queues {
-            let declare = |name: String, args: FieldTable| {
-                let channel = channel.clone();
-                async move {
-                    let context = format!(
-                        "cannot declare queue `{name}` (if it exists with other arguments, \
-                         delete it so spindle can declare it)"
-                    );
-                    channel
-                        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
-                        .await
-                        .map_err(self.amqp_err(&context))
-                }
-            };
-            declare(queue.clone(), dead_letter_args(DEAD_EXCHANGE, queue)).await?;
-            declare(retry_queue_name(queue), dead_letter_args("", queue)).await?;
+            self.declare(&channel, queue, dead_letter_args(DEAD_EXCHANGE, queue))
+                .await?;
+            self.declare(
+                &channel,
+                &retry_queue_name(queue),
+                dead_letter_args("", queue),
+            )
+            .await?;
             let dead = dead_queue_name(queue);
-            declare(dead.clone(), FieldTable::default()).await?;
+            self.declare(&channel, &dead, FieldTable::default()).await?;
             channel
                 .queue_bind(
                     dead.as_str().into(),
@@ -264,6 +291,43 @@ impl RabbitMq {
         // Best effort: the channel is not needed any more.
         let _ = channel.close(200, "topology declared".into()).await;
         Ok(())
+    }
+
+    /// Declares a durable queue (idempotent); returns its message count.
+    async fn declare(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<u32, QueueError> {
+        let context = format!(
+            "cannot declare queue `{name}` (if it exists with other arguments, \
+             delete it so spindle can declare it)"
+        );
+        channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await
+            .map(|q| q.message_count())
+            .map_err(self.amqp_err(&context))
+    }
+
+    /// Declares the retry queue of `queue`'s backoff `step` and returns its
+    /// name; declared on every use, so one deleted by an operator comes back.
+    pub(super) async fn declare_retry_step(
+        &self,
+        queue: &str,
+        step: Duration,
+    ) -> Result<String, QueueError> {
+        let name = retry_step_queue(queue, step);
+        let (_, channel) = self.live().await?;
+        self.declare(&channel, &name, dead_letter_args("", queue))
+            .await?;
+        #[cfg(test)]
+        self.steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone());
+        Ok(name)
     }
 
     pub(super) async fn publish(&self, queue: &str, body: &[u8]) -> Result<(), QueueError> {
@@ -385,6 +449,7 @@ impl RabbitMq {
                 attempt: header_u32(headers, ATTEMPT_HEADER).unwrap_or(1),
                 reason: header_string(headers, ERROR_HEADER)
                     .unwrap_or_else(|| "dead-lettered by the broker".to_string()),
+                dead_at_ms: header_u64(headers, DEAD_AT_HEADER),
                 body: delivery.data,
             });
         }
@@ -392,14 +457,104 @@ impl RabbitMq {
         Ok(out)
     }
 
+    /// Moves dead letters back to `queue`: each is republished (confirmed)
+    /// as attempt 1 with the replayed header, then acked in `Q.dead`.
+    pub(super) async fn replay_dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        self.check_declared(queue)?;
+        let dead = dead_queue_name(queue);
+        let channel = self.consumer_channel().await?;
+        let mut moved = 0;
+        while moved < limit {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(self.amqp_err(&format!("cannot read `{dead}`")))?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            let mut props = message_properties(&message_id_of(&delivery.properties), 1, None);
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert(REPLAYED_HEADER.into(), AMQPValue::Boolean(true));
+            props = props.with_headers(headers);
+            self.publish_confirmed("", queue, queue, &delivery.data, props)
+                .await?;
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(
+                    self.amqp_err(&format!("cannot remove a replayed message from `{dead}`")),
+                )?;
+            moved += 1;
+        }
+        let _ = channel.close(200, "dead letters replayed".into()).await;
+        Ok(moved)
+    }
+
+    /// Drops the dead letters of `queue` past `limits`, oldest first: over
+    /// the count, or dead-lettered longer ago than the age (messages the
+    /// broker dead-lettered itself carry no time and only go over the count).
+    pub(super) async fn trim_dead_letters(
+        &self,
+        queue: &str,
+        limits: DeadLetterLimits,
+    ) -> Result<usize, QueueError> {
+        let dead = dead_queue_name(queue);
+        let channel = self.consumer_channel().await?;
+        let mut count = u64::from(self.declare(&channel, &dead, FieldTable::default()).await?);
+        let oldest_kept =
+            now_ms().saturating_sub(u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX));
+        let mut dropped = 0;
+        while count > 0 {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(self.amqp_err(&format!("cannot read `{dead}`")))?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            let dead_at = header_u64(delivery.properties.headers().as_ref(), DEAD_AT_HEADER);
+            let expired = dead_at.is_some_and(|at| at < oldest_kept);
+            if count <= limits.max_count && !expired {
+                // The oldest is within bounds, so all are: put it back.
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = delivery.acker.nack(requeue).await;
+                break;
+            }
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(self.amqp_err(&format!("cannot drop a message from `{dead}`")))?;
+            count -= 1;
+            dropped += 1;
+        }
+        let _ = channel.close(200, "dead letters trimmed".into()).await;
+        Ok(dropped)
+    }
+
     #[cfg(test)]
     pub(super) async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         let channel = self.consumer_channel().await?;
-        for name in [
+        let steps: Vec<String> = self
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.starts_with(&format!("{queue}.retry.")))
+            .cloned()
+            .collect();
+        let names = [
             queue.to_string(),
             retry_queue_name(queue),
             dead_queue_name(queue),
-        ] {
+        ];
+        for name in names.into_iter().chain(steps) {
             channel
                 .queue_delete(
                     name.as_str().into(),
@@ -469,6 +624,10 @@ pub(super) fn message_id_of(props: &BasicProperties) -> String {
 
 /// An integer header in any of AMQP's integer types.
 pub(super) fn header_u32(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
+    header_u64(headers, key).and_then(|n| u32::try_from(n).ok())
+}
+
+fn header_u64(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
     let value = headers?.inner().get(key)?;
     let n: i64 = match value {
         AMQPValue::ShortShortInt(n) => (*n).into(),
@@ -480,7 +639,21 @@ pub(super) fn header_u32(headers: Option<&FieldTable>, key: &str) -> Option<u32>
         AMQPValue::LongLongInt(n) => *n,
         _ => return None,
     };
-    u32::try_from(n).ok()
+    u64::try_from(n).ok()
+}
+
+/// Whether a boolean header is present and true.
+pub(super) fn header_true(headers: Option<&FieldTable>, key: &str) -> bool {
+    matches!(
+        headers.and_then(|h| h.inner().get(key)),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn header_string(headers: Option<&FieldTable>, key: &str) -> Option<String> {

@@ -1,7 +1,8 @@
 //! The RabbitMQ consumer loop: manual acks, `basic.qos` prefetch, at most
 //! `min(prefetch, concurrency)` handlers at once, and resubscription when
 //! the connection or channel dies (the broker requeues what was unacked).
-//! Retries and dead letters are published as `rabbitmq.rs` describes.
+//! Redeliveries are counted, and retries and dead letters published, as
+//! `rabbitmq.rs` describes; a side task trims the dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,14 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::consumer::{Consumer, StopSignal, run_handler};
+use super::consumer::{Consumer, StopSignal, process};
 use super::rabbitmq::{
-    ATTEMPT_HEADER, DEAD_EXCHANGE, ERROR_HEADER, RabbitMq, header_u32, message_id_of,
-    retry_queue_name,
+    ATTEMPT_HEADER, DEAD_AT_HEADER, DEAD_EXCHANGE, ERROR_HEADER, REPLAYED_HEADER, RabbitMq,
+    header_true, header_u32, message_id_of, now_ms,
 };
-use super::{ConsumeOptions, Delivery, Handler, QueueError, Settle, new_message_id};
+use super::{
+    ConsumeOptions, DEAD_LETTER_TRIM_EVERY, Delivery, Handler, QueueError, Settle, new_message_id,
+};
 
 /// Longest wait between two attempts to resubscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -106,6 +109,30 @@ async fn subscribe(
 }
 
 async fn run(ctx: Ctx, first: Option<Subscription>, mut stop: StopSignal) {
+    let trimming = tokio::spawn(trim_dead_letters(ctx.clone(), stop.clone()));
+    consume(&ctx, first, &mut stop).await;
+    let _ = trimming.await;
+}
+
+/// Keeps the queue's dead letters within their bounds until stopped.
+async fn trim_dead_letters(ctx: Ctx, mut stop: StopSignal) {
+    loop {
+        let limits = ctx.opts.dead_letters;
+        match ctx.broker.trim_dead_letters(&ctx.queue, limits).await {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::warn!(queue = %ctx.queue, dropped, ?limits, "dropped dead letters past the queue's bounds");
+            }
+            Err(e) => tracing::warn!(queue = %ctx.queue, "cannot trim the dead letters: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DEAD_LETTER_TRIM_EVERY) => {}
+            () = stop.wait() => return,
+        }
+    }
+}
+
+async fn consume(ctx: &Ctx, first: Option<Subscription>, stop: &mut StopSignal) {
     let slots = Arc::new(Semaphore::new(ctx.opts.slots()));
     let mut running = JoinSet::new();
     let mut next = first;
@@ -130,7 +157,7 @@ async fn run(ctx: Ctx, first: Option<Subscription>, mut stop: StopSignal) {
                 }
             },
         };
-        match pump(&ctx, &mut sub, &slots, &mut running, &mut stop).await {
+        match pump(ctx, &mut sub, &slots, &mut running, stop).await {
             Ended::Lost => continue,
             Ended::Stopped => {
                 // No new deliveries; let running handlers settle theirs on
@@ -193,40 +220,57 @@ async fn pump(
 
 async fn handle(ctx: Ctx, delivery: lapin::message::Delivery, permit: OwnedSemaphorePermit) {
     let props = &delivery.properties;
-    let attempt = header_u32(props.headers().as_ref(), ATTEMPT_HEADER)
-        .unwrap_or(1)
-        .max(1);
+    let headers = props.headers().as_ref();
+    let stored_attempt = header_u32(headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    // A redelivery is the next delivery of the stored count.
+    let attempt = stored_attempt.saturating_add(u32::from(delivery.redelivered));
     let message_id = message_id_of(props);
     let queue = ctx.queue.as_str();
-    let outcome = run_handler(
-        &ctx.handler,
-        Delivery {
+    let counting = delivery.redelivered && attempt <= ctx.opts.max_attempts;
+    let settle = if counting {
+        // Stored before anything runs it, so a handler that crashes the
+        // process cannot keep the count where it was.
+        if let Some(m) = &ctx.opts.metrics {
+            m.retried.inc();
+        }
+        tracing::warn!(queue, %message_id, attempt, "delivered before without an answer; counting it and delivering again");
+        Settle::retry(
+            attempt,
+            ctx.opts.backoff(stored_attempt),
+            "an earlier delivery ended without an answer".into(),
+        )
+    } else {
+        let delivered = Delivery {
             queue: queue.to_string(),
             body: delivery.data.clone(),
             attempt,
             message_id: message_id.clone(),
-        },
-    )
-    .await;
-    let settle = Settle::decide(outcome, attempt, ctx.opts.max_attempts);
+            replayed: header_true(headers, REPLAYED_HEADER),
+        };
+        process(&ctx.handler, &ctx.opts, delivered).await
+    };
     let moved = match &settle {
         Settle::Ack => Ok(()),
         Settle::Retry {
             next_attempt,
+            step,
+            delay,
             reason,
         } => {
-            tracing::warn!(queue, %message_id, attempt, "handler failed, will retry: {reason}");
-            let delay_ms = ctx.opts.retry_delay.as_millis().to_string();
-            let props = republished(props, &message_id, *next_attempt, reason)
+            let delay_ms = delay.as_millis().max(1).to_string();
+            let props = republished(props, &message_id, *next_attempt, reason, None)
                 .with_expiration(delay_ms.as_str().into());
-            let retry_queue = retry_queue_name(queue);
-            (ctx.broker)
-                .publish_confirmed("", &retry_queue, queue, &delivery.data, props)
-                .await
+            match ctx.broker.declare_retry_step(queue, *step).await {
+                Ok(retry_queue) => {
+                    (ctx.broker)
+                        .publish_confirmed("", &retry_queue, queue, &delivery.data, props)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         Settle::Dead { reason } => {
-            tracing::error!(queue, %message_id, attempt, "message dead-lettered: {reason}");
-            let props = republished(props, &message_id, attempt, reason);
+            let props = republished(props, &message_id, attempt, reason, Some(now_ms()));
             (ctx.broker)
                 .publish_confirmed(DEAD_EXCHANGE, queue, queue, &delivery.data, props)
                 .await
@@ -261,13 +305,15 @@ async fn handle(ctx: Ctx, delivery: lapin::message::Delivery, permit: OwnedSemap
 }
 
 /// Properties for a copy of `original` sent to the retry or dead-letter
-/// queue: persistent, same id, the attempt and error set, other headers and
-/// the usual descriptive fields kept. No expiration is carried over.
+/// queue: persistent, same id, the attempt and error set (and the time of
+/// death for a dead letter), other headers and the usual descriptive fields
+/// kept. No expiration is carried over.
 fn republished(
     original: &BasicProperties,
     message_id: &str,
     attempt: u32,
     error: &str,
+    dead_at_ms: Option<u64>,
 ) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
@@ -275,6 +321,10 @@ fn republished(
         ERROR_HEADER.into(),
         AMQPValue::LongString(LongString::from(error)),
     );
+    if let Some(at) = dead_at_ms {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        headers.insert(DEAD_AT_HEADER.into(), AMQPValue::LongLongInt(at));
+    }
     let mut props = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers);

@@ -91,7 +91,8 @@ async fn survives_kill_mid_handling() {
     assert_eq!(got_all.len(), 1, "delivered once after the restart");
     assert_eq!(
         (got[0].body.as_slice(), got[0].attempt),
-        (&b"precious"[..], 1)
+        (&b"precious"[..], 2),
+        "the killed delivery counts"
     );
 }
 
