@@ -264,7 +264,13 @@ impl App {
             runtime_config.mysql.as_ref().map(|m| m.url.clone()),
             state_dir.join("sql"),
         ));
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(blobs.metrics()));
+        // Every blob family shows from start-up: the host's own deploy
+        // bucket is always there, and so are the buckets granted.
+        blobs.metrics().declare(crate::deploy::store::BUCKET);
+        for bucket in manifest.components.values().flat_map(|c| &c.blob_buckets) {
+            blobs.metrics().declare(bucket);
+        }
         let internal: InternalRouter = Arc::new(OnceLock::new());
 
         let mut grants = HashMap::new();

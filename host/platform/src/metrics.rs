@@ -25,6 +25,44 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    pub bucket: String,
+}
+
+/// Blob bytes moved, per bucket. The blob store owns these (it counts
+/// every transfer, whoever asks: a component or the convert worker) and
+/// exists before the registry, which registers them at its creation.
+#[derive(Clone, Default)]
+pub struct BlobMetrics {
+    written: Family<BucketLabels, Counter>,
+    read: Family<BucketLabels, Counter>,
+}
+
+impl BlobMetrics {
+    /// The counter of bytes stored into `bucket` (files completely written).
+    pub fn bytes_in(&self, bucket: &str) -> Counter {
+        self.written.get_or_create(&bucket_labels(bucket)).clone()
+    }
+
+    /// The counter of bytes read out of `bucket` (chunks delivered).
+    pub fn bytes_out(&self, bucket: &str) -> Counter {
+        self.read.get_or_create(&bucket_labels(bucket)).clone()
+    }
+
+    /// Makes `bucket`'s series exist, so they show (at 0) before any traffic.
+    pub fn declare(&self, bucket: &str) {
+        self.bytes_in(bucket);
+        self.bytes_out(bucket);
+    }
+}
+
+fn bucket_labels(bucket: &str) -> BucketLabels {
+    BucketLabels {
+        bucket: bucket.to_string(),
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -59,8 +97,9 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The registry, with the blob store's counters among its families.
+    pub fn new(blobs: &BlobMetrics) -> Self {
         let mut registry = Registry::with_prefix("spindle");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<ComponentLabels, Histogram>::new_with_constructor(
@@ -122,6 +161,16 @@ impl Default for Metrics {
             "Time to handle one delivery, by queue",
             queue.duration.clone(),
         );
+        registry.register(
+            "blob_written_bytes",
+            "Bytes stored into blob files, by bucket (counted when a file is complete)",
+            blobs.written.clone(),
+        );
+        registry.register(
+            "blob_read_bytes",
+            "Bytes read out of blob files, by bucket",
+            blobs.read.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -130,9 +179,7 @@ impl Default for Metrics {
             queue,
         }
     }
-}
 
-impl Metrics {
     pub fn record_request(&self, component: &str, route: &str, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {

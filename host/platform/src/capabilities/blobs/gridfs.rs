@@ -1,22 +1,50 @@
 //! The GridFS backend, on the official `mongodb` driver. Uploads go through
 //! the driver's upload stream; reads query `fs.chunks` from the chunk that
 //! holds `offset`, so a range read never touches the chunks before it.
+//!
+//! `find` creates the index on `metadata.<key>` the first time it is asked
+//! for a key (lazily, not at connect: the backend does not know which keys
+//! the components use, and a key nobody searches by needs no index);
+//! `createIndexes` is idempotent, and which indexes exist is remembered so
+//! it is sent once per bucket and key. A background sweep removes the
+//! chunks that interrupted uploads left (see [`GridFs::sweep_orphans`]).
 
 use super::{CONTENT_TYPE_KEY, ChunkReceiver, Error, FileInfo, NewFile, ObjectId, range_end};
 use bytes::Bytes;
 use futures::{AsyncWriteExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, GridFsErrorKind};
-use mongodb::{Client, Database};
+use mongodb::options::ReturnDocument;
+use mongodb::{Client, Database, IndexModel};
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// 255 KiB: the GridFS default, small enough that one chunk in flight per
 /// transfer keeps memory flat.
 const CHUNK_SIZE: u32 = 255 * 1024;
 
+/// How old (by its ObjectId's timestamp, the upload's start) a file id
+/// must be before its chunks count as orphaned when no `fs.files` document
+/// names it: longer than any upload runs, so running uploads, which have
+/// no `fs.files` document until they finish, are never touched.
+pub(super) const ORPHAN_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the sweep looks for orphaned chunks again.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// File ids checked against `fs.files` per query.
+const SWEEP_BATCH: usize = 500;
+
 pub struct GridFs {
     client: Client,
     shown_url: String,
+    /// `(bucket, key)` whose `metadata.<key>` index is known to exist.
+    indexed: Mutex<HashSet<(String, String)>>,
+    /// Stops the orphan sweep when the store goes.
+    _sweep: DropGuard,
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> Error {
@@ -28,9 +56,19 @@ impl GridFs {
         let client = Client::with_uri_str(url)
             .await
             .map_err(|e| anyhow::anyhow!("invalid [gridfs] url: {e}"))?;
+        let stop = CancellationToken::new();
+        let (sweeper, stopped) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = sweep_forever(sweeper) => {}
+                () = stopped.cancelled() => {}
+            }
+        });
         Ok(GridFs {
             client,
             shown_url: crate::capabilities::mysql::redact_url(url),
+            indexed: Mutex::default(),
+            _sweep: stop.drop_guard(),
         })
     }
 
@@ -198,7 +236,84 @@ impl GridFs {
         self.stat(bucket, id).await
     }
 
+    /// Applies `set` with one `findOneAndUpdate` whose filter carries the
+    /// preconditions, so the server decides atomically.
+    pub async fn update_metadata_if(
+        &self,
+        bucket: &str,
+        id: ObjectId,
+        expect: Vec<(String, Option<String>)>,
+        set: Vec<(String, String)>,
+    ) -> Result<Option<FileInfo>, Error> {
+        let mut filter = doc! { "_id": id };
+        if !expect.is_empty() {
+            let conditions: Vec<Document> = expect
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => doc! { format!("metadata.{k}"): v },
+                    None => doc! { format!("metadata.{k}"): { "$exists": false } },
+                })
+                .collect();
+            filter.insert("$and", conditions);
+        }
+        let files = self.db(bucket).collection::<Document>("fs.files");
+        let updated = if set.is_empty() {
+            // Nothing to set: the answer is whether the preconditions hold.
+            files.find_one(filter).await
+        } else {
+            let fields: Document = set
+                .into_iter()
+                .map(|(k, v)| (format!("metadata.{k}"), Bson::String(v)))
+                .collect();
+            files
+                .find_one_and_update(filter, doc! { "$set": fields })
+                .return_document(ReturnDocument::After)
+                .await
+        }
+        .map_err(|e| backend("updating fs.files", e))?;
+        match updated {
+            Some(d) => info(bucket, &d).map(Some),
+            // No match: either no such file (an error) or a precondition failed.
+            None => self.files_doc(bucket, id).await.map(|_| None),
+        }
+    }
+
+    /// Creates the index `find` needs for `key`, once per bucket and key.
+    /// A failure is logged and retried on the next `find`: the query
+    /// answers without the index too, only slower.
+    async fn ensure_index(&self, bucket: &str, key: &str) {
+        let wanted = (bucket.to_string(), key.to_string());
+        if self
+            .indexed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&wanted)
+        {
+            return;
+        }
+        let index = IndexModel::builder()
+            .keys(doc! { format!("metadata.{key}"): 1 })
+            .build();
+        match self
+            .db(bucket)
+            .collection::<Document>("fs.files")
+            .create_index(index)
+            .await
+        {
+            Ok(_) => {
+                self.indexed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(wanted);
+            }
+            Err(e) => {
+                tracing::warn!(bucket, key, error = %e, "could not create a GridFS metadata index");
+            }
+        }
+    }
+
     pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
+        self.ensure_index(bucket, key).await;
         let docs: Vec<Document> = self
             .db(bucket)
             .collection::<Document>("fs.files")
@@ -248,6 +363,132 @@ impl GridFs {
                 )),
                 _ => Err(backend("deleting from GridFS", e)),
             },
+        }
+    }
+}
+
+/// Sweeps every bucket for orphaned chunks now and then every
+/// `SWEEP_EVERY`. After the first sweep only ids that came of age since
+/// the previous one are looked at, so a sweep costs what was uploaded
+/// meanwhile; chunks left by a delete that crashed halfway (their file's
+/// id is older) are found by the first sweep after the next start.
+async fn sweep_forever(client: Client) {
+    let mut since = None;
+    loop {
+        let cutoff = SystemTime::now()
+            .checked_sub(ORPHAN_GRACE)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match sweep_all(&client, since, cutoff).await {
+            Ok(()) => since = Some(cutoff),
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping orphaned GridFS chunks failed; trying again later")
+            }
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+async fn sweep_all(
+    client: &Client,
+    since: Option<SystemTime>,
+    cutoff: SystemTime,
+) -> Result<(), Error> {
+    let names = client
+        .list_database_names()
+        .await
+        .map_err(|e| backend("listing databases", e))?;
+    for name in names {
+        // Any database named like a bucket: chunks whose file is gone are
+        // garbage by the GridFS spec, whoever left them.
+        if super::check_bucket(&name).is_ok()
+            && !matches!(name.as_str(), "admin" | "local" | "config")
+        {
+            sweep_orphans(&client.database(&name), since, cutoff).await?;
+        }
+    }
+    Ok(())
+}
+
+/// An ObjectId whose timestamp is `t` (and the rest zero: the smallest id
+/// of that second).
+fn id_at(t: SystemTime) -> ObjectId {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .min(u64::from(u32::MAX)) as u32;
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+/// Removes the chunks in `db` whose `files_id` names no `fs.files`
+/// document and is from before `cutoff` (and from `since` on, when given):
+/// what an upload interrupted by a crash left, since the driver writes the
+/// `fs.files` document only after the last chunk. Returns how many file
+/// ids were orphaned.
+pub(super) async fn sweep_orphans(
+    db: &Database,
+    since: Option<SystemTime>,
+    cutoff: SystemTime,
+) -> Result<usize, Error> {
+    let mut range = doc! { "$lt": id_at(cutoff) };
+    if let Some(since) = since {
+        range.insert("$gte", id_at(since));
+    }
+    let chunks = db.collection::<Document>("fs.chunks");
+    let files = db.collection::<Document>("fs.files");
+    // Grouped on the server, through a cursor: no size limit on the result.
+    let mut ids = chunks
+        .aggregate([
+            doc! { "$match": { "files_id": range } },
+            doc! { "$group": { "_id": "$files_id" } },
+        ])
+        .await
+        .map_err(|e| backend("listing fs.chunks", e))?;
+    let mut orphans = 0;
+    let mut batch = Vec::new();
+    loop {
+        let next = ids
+            .try_next()
+            .await
+            .map_err(|e| backend("listing fs.chunks", e))?;
+        if let Some(id) = next.as_ref().and_then(|d| d.get("_id")) {
+            batch.push(id.clone());
+        }
+        if batch.len() < SWEEP_BATCH && next.is_some() {
+            continue;
+        }
+        if !batch.is_empty() {
+            let existing: HashSet<String> = files
+                .find(doc! { "_id": { "$in": batch.clone() } })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(|e| backend("reading fs.files", e))?
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| backend("reading fs.files", e))?
+                .iter()
+                .filter_map(|d| d.get("_id").map(Bson::to_string))
+                .collect();
+            let gone: Vec<Bson> = batch
+                .drain(..)
+                .filter(|id| !existing.contains(&id.to_string()))
+                .collect();
+            if !gone.is_empty() {
+                orphans += gone.len();
+                let deleted = chunks
+                    .delete_many(doc! { "files_id": { "$in": gone } })
+                    .await
+                    .map_err(|e| backend("deleting from fs.chunks", e))?;
+                tracing::info!(
+                    bucket = db.name(),
+                    chunks = deleted.deleted_count,
+                    "removed orphaned GridFS chunks"
+                );
+            }
+        }
+        if next.is_none() {
+            return Ok(orphans);
         }
     }
 }

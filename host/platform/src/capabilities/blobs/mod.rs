@@ -8,9 +8,12 @@
 
 mod files;
 mod gridfs;
+mod index;
 
 use crate::capabilities::streams::{ChannelConsumer, ChannelProducer};
+use crate::metrics::BlobMetrics;
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -30,9 +33,15 @@ pub use wit::{Error, FileInfo, NewFile};
 /// Chunks read from a backend, with an error ending the stream early.
 pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, Error>>;
 
-/// Where blobs live.
+/// Where blobs live, and the byte counters every transfer goes through.
 #[derive(Clone)]
-pub enum BlobStore {
+pub struct BlobStore {
+    backend: Backend,
+    metrics: BlobMetrics,
+}
+
+#[derive(Clone)]
+enum Backend {
     GridFs(Arc<gridfs::GridFs>),
     Files(Arc<files::Files>),
 }
@@ -40,24 +49,38 @@ pub enum BlobStore {
 impl BlobStore {
     /// GridFS when `url` is given, else files under `state_dir/blobs`.
     pub async fn connect(url: Option<&str>, state_dir: &Path) -> anyhow::Result<Self> {
-        Ok(match url {
-            Some(url) => BlobStore::GridFs(Arc::new(gridfs::GridFs::connect(url).await?)),
-            None => BlobStore::Files(Arc::new(files::Files::new(&state_dir.join("blobs"))?)),
+        let backend = match url {
+            Some(url) => Backend::GridFs(Arc::new(gridfs::GridFs::connect(url).await?)),
+            None => {
+                // Opening checks the index and clears leftovers: disk work.
+                let dir = state_dir.join("blobs");
+                let files = tokio::task::spawn_blocking(move || files::Files::new(&dir)).await??;
+                Backend::Files(Arc::new(files))
+            }
+        };
+        Ok(BlobStore {
+            backend,
+            metrics: BlobMetrics::default(),
         })
     }
 
+    /// The byte counters of this store, for the metrics registry.
+    pub fn metrics(&self) -> &BlobMetrics {
+        &self.metrics
+    }
+
     pub fn describe(&self) -> String {
-        match self {
-            BlobStore::GridFs(g) => g.describe(),
-            BlobStore::Files(f) => f.describe(),
+        match &self.backend {
+            Backend::GridFs(g) => g.describe(),
+            Backend::Files(f) => f.describe(),
         }
     }
 
     /// Checks that the backend answers (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            BlobStore::GridFs(g) => g.ping().await,
-            BlobStore::Files(f) => f.ping(),
+        match &self.backend {
+            Backend::GridFs(g) => g.ping().await,
+            Backend::Files(f) => f.ping(),
         }
     }
 
@@ -69,18 +92,20 @@ impl BlobStore {
     ) -> Result<FileInfo, Error> {
         check_bucket(bucket)?;
         check_metadata(&file.metadata)?;
-        match self {
-            BlobStore::GridFs(g) => g.create(bucket, file, data).await,
-            BlobStore::Files(f) => f.create(bucket, file, data).await,
-        }
+        let created = match &self.backend {
+            Backend::GridFs(g) => g.create(bucket, file, data).await,
+            Backend::Files(f) => f.create(bucket, file, data).await,
+        }?;
+        self.metrics.bytes_in(bucket).inc_by(created.length);
+        Ok(created)
     }
 
     pub async fn stat(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
-        match self {
-            BlobStore::GridFs(g) => g.stat(bucket, id).await,
-            BlobStore::Files(f) => f.stat(bucket, id).await,
+        match &self.backend {
+            Backend::GridFs(g) => g.stat(bucket, id).await,
+            Backend::Files(f) => f.stat(bucket, id).await,
         }
     }
 
@@ -94,10 +119,11 @@ impl BlobStore {
     ) -> Result<(FileInfo, ChunkReceiver), Error> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
-        match self {
-            BlobStore::GridFs(g) => g.read(bucket, id, offset, length).await,
-            BlobStore::Files(f) => f.read(bucket, id, offset, length).await,
-        }
+        let (info, chunks) = match &self.backend {
+            Backend::GridFs(g) => g.read(bucket, id, offset, length).await,
+            Backend::Files(f) => f.read(bucket, id, offset, length).await,
+        }?;
+        Ok((info, counted(chunks, self.metrics.bytes_out(bucket))))
     }
 
     pub async fn update_metadata(
@@ -109,18 +135,42 @@ impl BlobStore {
         check_bucket(bucket)?;
         check_metadata(&set)?;
         let id = parse_id(id)?;
-        match self {
-            BlobStore::GridFs(g) => g.update_metadata(bucket, id, set).await,
-            BlobStore::Files(f) => f.update_metadata(bucket, id, set).await,
+        match &self.backend {
+            Backend::GridFs(g) => g.update_metadata(bucket, id, set).await,
+            Backend::Files(f) => f.update_metadata(bucket, id, set).await,
+        }
+    }
+
+    /// Compare-and-set: applies `set` only if, for every `(key, expected)`
+    /// in `expect`, the file's metadata has that value (`None`: the key is
+    /// absent). `Ok(None)` when a precondition does not hold (nothing
+    /// changed), `Ok(Some(info))` after applying. Atomic against every
+    /// other metadata change, in this process and in others sharing the
+    /// store, so it can claim a job: of many callers expecting the same
+    /// state, exactly one wins.
+    pub async fn update_metadata_if(
+        &self,
+        bucket: &str,
+        id: &str,
+        expect: Vec<(String, Option<String>)>,
+        set: Vec<(String, String)>,
+    ) -> Result<Option<FileInfo>, Error> {
+        check_bucket(bucket)?;
+        check_metadata(&set)?;
+        expect.iter().try_for_each(|(k, _)| check_key(k))?;
+        let id = parse_id(id)?;
+        match &self.backend {
+            Backend::GridFs(g) => g.update_metadata_if(bucket, id, expect, set).await,
+            Backend::Files(f) => f.update_metadata_if(bucket, id, expect, set).await,
         }
     }
 
     pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
         check_bucket(bucket)?;
         check_key(key)?;
-        match self {
-            BlobStore::GridFs(g) => g.find(bucket, key, value).await,
-            BlobStore::Files(f) => f.find(bucket, key, value).await,
+        match &self.backend {
+            Backend::GridFs(g) => g.find(bucket, key, value).await,
+            Backend::Files(f) => f.find(bucket, key, value).await,
         }
     }
 
@@ -129,20 +179,36 @@ impl BlobStore {
     pub async fn drop_content(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
-        match self {
-            BlobStore::GridFs(g) => g.drop_content(bucket, id).await,
-            BlobStore::Files(f) => f.drop_content(bucket, id).await,
+        match &self.backend {
+            Backend::GridFs(g) => g.drop_content(bucket, id).await,
+            Backend::Files(f) => f.drop_content(bucket, id).await,
         }
     }
 
     pub async fn delete(&self, bucket: &str, id: &str) -> Result<(), Error> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
-        match self {
-            BlobStore::GridFs(g) => g.delete(bucket, id).await,
-            BlobStore::Files(f) => f.delete(bucket, id).await,
+        match &self.backend {
+            Backend::GridFs(g) => g.delete(bucket, id).await,
+            Backend::Files(f) => f.delete(bucket, id).await,
         }
     }
+}
+
+/// `chunks` passed on with each delivered chunk's bytes counted in `out`.
+/// One forwarding task per read keeps the count out of both backends.
+fn counted(mut chunks: ChunkReceiver, out: Counter) -> ChunkReceiver {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(item) = chunks.recv().await {
+            let length = item.as_ref().map_or(0, |c| c.len() as u64);
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            out.inc_by(length);
+        }
+    });
+    rx
 }
 
 type ObjectId = mongodb::bson::oid::ObjectId;
@@ -318,6 +384,19 @@ impl<T> wit::HostWithStore<T> for Blobs {
     ) -> wasmtime::Result<Result<FileInfo, Error>> {
         Ok(match granted(store, &bucket) {
             Ok(b) => b.update_metadata(&bucket, &id, set).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn update_metadata_if(
+        store: &Accessor<T, Self>,
+        bucket: String,
+        id: String,
+        expect: Vec<(String, Option<String>)>,
+        set: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<Option<FileInfo>, Error>> {
+        Ok(match granted(store, &bucket) {
+            Ok(b) => b.update_metadata_if(&bucket, &id, expect, set).await,
             Err(e) => Err(e),
         })
     }

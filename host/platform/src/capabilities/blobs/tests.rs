@@ -103,6 +103,23 @@ async fn behaves(store: BlobStore, bucket: &str) {
             .unwrap()
             .is_empty()
     );
+    // A value the file no longer has finds nothing, its new one finds it.
+    assert!(
+        store
+            .find(bucket, "state", "queued")
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| f.id != created.id)
+    );
+    assert!(
+        store
+            .find(bucket, "state", "done")
+            .await
+            .unwrap()
+            .iter()
+            .any(|f| f.id == created.id)
+    );
 
     // Bad ids and keys are refused, not looked up.
     assert!(matches!(
@@ -185,12 +202,155 @@ async fn behaves(store: BlobStore, bucket: &str) {
     store.delete(bucket, &empty.id).await.unwrap();
 }
 
+/// A stored file with `state = queued` and no `worker`, to claim.
+async fn queued_job(store: &BlobStore, bucket: &str) -> FileInfo {
+    store
+        .create(
+            bucket,
+            NewFile {
+                filename: "job.mp4".into(),
+                content_type: None,
+                metadata: meta(&[("state", "queued"), ("job_id", &ObjectId::new().to_hex())]),
+            },
+            feed(b"video".to_vec()),
+        )
+        .await
+        .unwrap()
+}
+
+fn metadata_of(info: &FileInfo) -> std::collections::BTreeMap<String, String> {
+    info.metadata.iter().cloned().collect()
+}
+
+/// Compare-and-set: many concurrent claims of one job, exactly one wins;
+/// an absent key as a precondition; a failed precondition changes nothing.
+async fn claims(store: BlobStore, bucket: &str) {
+    let job = queued_job(&store, bucket).await;
+    let claimers: Vec<_> = (0..24)
+        .map(|i| {
+            let (store, bucket, id) = (store.clone(), bucket.to_string(), job.id.clone());
+            tokio::spawn(async move {
+                let won = store
+                    .update_metadata_if(
+                        &bucket,
+                        &id,
+                        vec![
+                            ("state".into(), Some("queued".into())),
+                            ("worker".into(), None),
+                        ],
+                        meta(&[("state", "processing"), ("worker", &format!("w{i}"))]),
+                    )
+                    .await
+                    .unwrap();
+                won.map(|info| (i, info))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for claimer in claimers {
+        winners.extend(claimer.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "{} claims won", winners.len());
+    let (winner, claimed) = &winners[0];
+    let m = metadata_of(claimed);
+    assert_eq!(m["state"], "processing");
+    assert_eq!(m["worker"], format!("w{winner}"));
+    // What the winner saw is what is stored.
+    assert_eq!(metadata_of(&store.stat(bucket, &job.id).await.unwrap()), m);
+
+    // A mismatch changes nothing, neither the keys it would set nor others.
+    let before = store.stat(bucket, &job.id).await.unwrap();
+    let refused = store
+        .update_metadata_if(
+            bucket,
+            &job.id,
+            vec![("state".into(), Some("queued".into()))],
+            meta(&[("state", "failed"), ("error", "x")]),
+        )
+        .await
+        .unwrap();
+    assert!(refused.is_none());
+    assert_eq!(
+        metadata_of(&store.stat(bucket, &job.id).await.unwrap()),
+        metadata_of(&before)
+    );
+    // A key expected absent that is present is a mismatch too.
+    assert!(
+        store
+            .update_metadata_if(
+                bucket,
+                &job.id,
+                vec![("worker".into(), None)],
+                meta(&[("x", "y")])
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // An absent key as the only precondition: holds once, then not.
+    let first = store
+        .update_metadata_if(
+            bucket,
+            &job.id,
+            vec![("mp3_fid".into(), None)],
+            meta(&[("mp3_fid", "abc")]),
+        )
+        .await
+        .unwrap()
+        .expect("mp3_fid was absent");
+    assert_eq!(metadata_of(&first)["mp3_fid"], "abc");
+    assert_eq!(metadata_of(&first)["state"], "processing");
+    assert!(
+        store
+            .update_metadata_if(
+                bucket,
+                &job.id,
+                vec![("mp3_fid".into(), None)],
+                meta(&[("mp3_fid", "def")]),
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The claimed state is what `find` sees (the file index follows CAS too).
+    let found = store
+        .find(bucket, "worker", &format!("w{winner}"))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(
+        store
+            .find(bucket, "mp3_fid", "def")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A missing file is an error, not a failed precondition; bad keys are refused.
+    let missing = ObjectId::new().to_hex();
+    assert!(matches!(
+        store
+            .update_metadata_if(bucket, &missing, vec![], meta(&[("a", "b")]))
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .update_metadata_if(bucket, &job.id, vec![("$where".into(), None)], vec![])
+            .await,
+        Err(Error::Invalid(_))
+    ));
+    store.delete(bucket, &job.id).await.unwrap();
+}
+
 #[tokio::test]
 async fn files_backend() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::connect(None, dir.path()).await.unwrap();
     store.ping().await.unwrap();
-    behaves(store, "videos").await;
+    behaves(store.clone(), "videos").await;
+    claims(store, "videos").await;
     // Nothing half-written is left behind.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("blobs/videos"))
         .unwrap()
@@ -207,7 +367,8 @@ async fn gridfs_backend_on_the_wire_server() {
         .await
         .unwrap();
     store.ping().await.unwrap();
-    behaves(store, "videos").await;
+    behaves(store.clone(), "videos").await;
+    claims(store, "videos").await;
 }
 
 #[tokio::test]
@@ -219,7 +380,8 @@ async fn gridfs_backend_on_a_real_mongod() {
     let store = BlobStore::connect(Some(&url), Path::new("/nonexistent"))
         .await
         .unwrap();
-    behaves(store, "spindle_test_videos").await;
+    behaves(store.clone(), "spindle_test_videos").await;
+    claims(store, "spindle_test_videos").await;
 }
 
 #[tokio::test]
@@ -261,4 +423,311 @@ async fn an_aborted_upload_stores_nothing() {
     task.abort();
     let _ = task.await;
     assert_eq!(in_progress(), 0, "a partial upload was left behind");
+}
+
+/// Two stores on one directory lock like two processes would: `flock`
+/// locks belong to an open file, and each store opens its own.
+#[tokio::test]
+async fn claims_hold_across_processes_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [
+        BlobStore::connect(None, dir.path()).await.unwrap(),
+        BlobStore::connect(None, dir.path()).await.unwrap(),
+    ];
+    for _ in 0..5 {
+        let job = queued_job(&stores[0], "videos").await;
+        let claimers: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, id) = (stores[i % 2].clone(), job.id.clone());
+                tokio::spawn(async move {
+                    store
+                        .update_metadata_if(
+                            "videos",
+                            &id,
+                            vec![("state".into(), Some("queued".into()))],
+                            meta(&[("state", "processing"), ("worker", &i.to_string())]),
+                        )
+                        .await
+                        .unwrap()
+                        .is_some()
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for claimer in claimers {
+            won += usize::from(claimer.await.unwrap());
+        }
+        assert_eq!(won, 1);
+    }
+}
+
+/// Sets a file's modification time `age` into the past.
+fn age_file(path: &Path, age: std::time::Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn opening_the_files_store_removes_what_crashed_writes_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::connect(None, dir.path()).await.unwrap();
+    let kept = queued_job(&store, "videos").await;
+    drop(store);
+    let bucket = dir.path().join("blobs/videos");
+    let two_hours = std::time::Duration::from_secs(2 * 3600);
+    // An upload and a description cut off by a crash, long ago...
+    for name in [".tmpA1b2C3", ".tmpD4e5F6"] {
+        std::fs::write(bucket.join(name), b"partial").unwrap();
+        age_file(&bucket.join(name), two_hours);
+    }
+    // ...data whose description was never written...
+    let orphan = bucket.join(format!("{}.data", ObjectId::new()));
+    std::fs::write(&orphan, b"bytes").unwrap();
+    age_file(&orphan, two_hours);
+    // ...and the same from writes still running (another process's).
+    let fresh_tmp = bucket.join(".tmpG7h8I9");
+    std::fs::write(&fresh_tmp, b"partial").unwrap();
+    let fresh_data = bucket.join(format!("{}.data", ObjectId::new()));
+    std::fs::write(&fresh_data, b"bytes").unwrap();
+    // A complete file, also old, stays whole.
+    age_file(&bucket.join(format!("{}.data", kept.id)), two_hours);
+    age_file(&bucket.join(format!("{}.json", kept.id)), two_hours);
+
+    let store = BlobStore::connect(None, dir.path()).await.unwrap();
+    let mut left: Vec<_> = std::fs::read_dir(&bucket)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    left.sort();
+    let mut expected = vec![
+        fresh_tmp,
+        fresh_data,
+        bucket.join(format!("{}.data", kept.id)),
+        bucket.join(format!("{}.json", kept.id)),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    let (_, rx) = store.read("videos", &kept.id, 0, None).await.unwrap();
+    assert_eq!(drain(rx).await.unwrap(), b"video");
+}
+
+#[tokio::test]
+async fn the_files_index_survives_restarts_and_is_rebuilt_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::connect(None, dir.path()).await.unwrap();
+    let a = queued_job(&store, "videos").await;
+    let b = queued_job(&store, "mp3s").await;
+    store
+        .update_metadata("videos", &a.id, meta(&[("state", "done")]))
+        .await
+        .unwrap();
+    drop(store);
+    let job_of = |f: &FileInfo| metadata_of(f)["job_id"].clone();
+    let index = dir.path().join("blobs/index.db");
+    for damage in [None, Some(&b"this is not a database"[..]), Some(&b""[..])] {
+        if let Some(bytes) = damage {
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", index.display()));
+            }
+            std::fs::write(&index, bytes).unwrap();
+        }
+        let store = BlobStore::connect(None, dir.path()).await.unwrap();
+        let found = store.find("videos", "job_id", &job_of(&a)).await.unwrap();
+        assert_eq!(found.len(), 1, "after {damage:?}");
+        assert_eq!(found[0].id, a.id);
+        assert_eq!(
+            store.find("videos", "state", "done").await.unwrap().len(),
+            1
+        );
+        assert!(
+            store
+                .find("videos", "state", "queued")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Buckets are apart: b's job is in mp3s only.
+        assert!(
+            store
+                .find("videos", "job_id", &job_of(&b))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .find("mp3s", "job_id", &job_of(&b))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // Removed outright: rebuilt too.
+    std::fs::remove_file(&index).unwrap();
+    let store = BlobStore::connect(None, dir.path()).await.unwrap();
+    assert_eq!(
+        store
+            .find("mp3s", "job_id", &job_of(&b))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.delete("mp3s", &b.id).await.unwrap();
+    assert!(
+        store
+            .find("mp3s", "job_id", &job_of(&b))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// An ObjectId from `age` ago (unique: the rest comes from a new id).
+fn id_aged(age: std::time::Duration) -> ObjectId {
+    let secs = (std::time::SystemTime::now() - age)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut bytes = ObjectId::new().bytes();
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+#[tokio::test]
+async fn gridfs_orphaned_chunks_are_swept_and_running_uploads_kept() {
+    use mongodb::bson::{Binary, doc, spec::BinarySubtype};
+    let server = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = mongodb::Client::with_uri_str(server.url()).await.unwrap();
+    let db = client.database("videos");
+    let chunks = db.collection::<mongodb::bson::Document>("fs.chunks");
+    let files = db.collection::<mongodb::bson::Document>("fs.files");
+    let two_days = std::time::Duration::from_secs(2 * 24 * 3600);
+    let crashed = id_aged(two_days); // an upload that died two days ago
+    let running = ObjectId::new(); // an upload in progress
+    let stored = id_aged(two_days); // a file completed two days ago
+    for id in [crashed, running, stored] {
+        for n in 0..3 {
+            let data = Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: vec![n as u8; 4],
+            };
+            chunks
+                .insert_one(doc! { "files_id": id, "n": n, "data": data })
+                .await
+                .unwrap();
+        }
+    }
+    files
+        .insert_one(doc! { "_id": stored, "length": 12_i64, "chunkSize": 4, "filename": "old" })
+        .await
+        .unwrap();
+    let cutoff = std::time::SystemTime::now() - gridfs::ORPHAN_GRACE;
+    let swept = gridfs::sweep_orphans(&db, None, cutoff).await.unwrap();
+    assert_eq!(swept, 1);
+    let count = |id: ObjectId| {
+        let chunks = chunks.clone();
+        async move {
+            chunks
+                .count_documents(doc! { "files_id": id })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(crashed).await, 0);
+    assert_eq!(count(running).await, 3);
+    assert_eq!(count(stored).await, 3);
+    // Nothing left to sweep; a window after the crash finds nothing either.
+    assert_eq!(gridfs::sweep_orphans(&db, None, cutoff).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn gridfs_find_creates_its_metadata_index() {
+    let server = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let store = BlobStore::connect(Some(&server.url()), Path::new("/nonexistent"))
+        .await
+        .unwrap();
+    let job = queued_job(&store, "videos").await;
+    let job_id = metadata_of(&job)["job_id"].clone();
+    for _ in 0..2 {
+        let found = store.find("videos", "job_id", &job_id).await.unwrap();
+        assert_eq!(found.len(), 1);
+    }
+    let client = mongodb::Client::with_uri_str(server.url()).await.unwrap();
+    let names: Vec<String> = client
+        .database("videos")
+        .collection::<mongodb::bson::Document>("fs.files")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        names.contains(&"metadata.job_id_1".to_string()),
+        "{names:?}"
+    );
+}
+
+/// Bytes are counted once per transfer, per bucket, whichever backend, and
+/// the families are on the registry before any traffic.
+#[tokio::test]
+async fn blob_bytes_are_counted_per_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    for url in [None, Some(server.url())] {
+        let store = BlobStore::connect(url.as_deref(), dir.path())
+            .await
+            .unwrap();
+        let metrics = crate::metrics::Metrics::new(store.metrics());
+        // A declared bucket's series show at 0 before any transfer.
+        store.metrics().declare("videos");
+        let text = metrics.encode();
+        for family in ["spindle_blob_written_bytes", "spindle_blob_read_bytes"] {
+            assert!(text.contains(&format!("# TYPE {family} counter")), "{text}");
+            assert!(
+                text.contains(&format!("{family}_total{{bucket=\"videos\"}} 0")),
+                "{text}"
+            );
+        }
+        let file = store
+            .create(
+                "videos",
+                NewFile {
+                    filename: "f".into(),
+                    content_type: None,
+                    metadata: vec![],
+                },
+                feed(content()),
+            )
+            .await
+            .unwrap();
+        let (_, rx) = store.read("videos", &file.id, 0, None).await.unwrap();
+        drain(rx).await.unwrap();
+        let (_, rx) = store
+            .read("videos", &file.id, 10, Some(1000))
+            .await
+            .unwrap();
+        drain(rx).await.unwrap();
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!(
+                "spindle_blob_written_bytes_total{{bucket=\"videos\"}} {SIZE}"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "spindle_blob_read_bytes_total{{bucket=\"videos\"}} {}",
+                SIZE + 1000
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("bucket=\"mp3s\""), "{text}");
+    }
 }
