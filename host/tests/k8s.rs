@@ -10,6 +10,10 @@
 
 mod support;
 
+// The k8s users, roles and grants with the real host and worker.
+#[path = "k8s/credentials.rs"]
+mod credentials;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;

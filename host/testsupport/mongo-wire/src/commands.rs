@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use bson::{Bson, Document, doc};
 
 use crate::aggregate;
+use crate::auth::{self, Session, Users};
 use crate::error::{CmdResult, CommandError};
 use crate::query::{
     Filter, Projection, SortSpec, get_path, parse_sort, sort_by_spec, truthy, values_equal,
@@ -36,29 +37,55 @@ const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
 #[derive(Debug, Default)]
 pub struct Shared {
     store: Mutex<Store>,
+    users: Mutex<Users>,
+    /// Access control on: every command but the handshake and login ones
+    /// needs a user with a role for it.
+    enforce_auth: bool,
+}
+
+/// The store or the users, even if a previous command panicked while
+/// holding them (the data is still usable; a test server should keep
+/// answering).
+fn lock_anyway<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
-    /// The store, even if a previous command panicked while holding it (the
-    /// data is still usable; a test server should keep answering).
+    /// With access control on and `users` as the only users.
+    pub fn with_auth(users: Users) -> Shared {
+        Shared {
+            users: Mutex::new(users),
+            enforce_auth: true,
+            ..Shared::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Store> {
-        self.store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_anyway(&self.store)
+    }
+
+    fn users(&self) -> MutexGuard<'_, Users> {
+        lock_anyway(&self.users)
     }
 }
 
-/// Per-connection facts some replies mention.
-#[derive(Debug, Clone, Copy)]
+/// One client connection: its id (some replies mention it) and its login.
+#[derive(Debug)]
 pub struct Connection {
     pub id: i64,
+    pub session: Session,
 }
 
 /// Runs one command against database `db` and returns the reply document.
-pub fn run(shared: &Shared, conn: Connection, db: &str, command: Document) -> Document {
+pub fn run(shared: &Shared, conn: &mut Connection, db: &str, command: Document) -> Document {
     let name = command.keys().next().cloned().unwrap_or_default();
     tracing::debug!(connection = conn.id, db, command = %name, "command");
     let result = catch_unwind(AssertUnwindSafe(|| {
+        if shared.enforce_auth {
+            auth::authorize(&shared.users(), &conn.session, db, &name, &command)?;
+        }
         dispatch(shared, conn, db, &name, &command)
     }))
     .unwrap_or_else(|_| {
@@ -80,14 +107,28 @@ pub fn run(shared: &Shared, conn: Connection, db: &str, command: Document) -> Do
 
 fn dispatch(
     shared: &Shared,
-    conn: Connection,
+    conn: &mut Connection,
     db: &str,
     name: &str,
     cmd: &Document,
 ) -> CmdResult<Document> {
     match name {
         "" => Err(CommandError::failed_to_parse("empty command document")),
-        "hello" | "isMaster" | "ismaster" => Ok(hello(conn, name == "hello")),
+        "hello" | "isMaster" | "ismaster" => {
+            let mut reply = hello(conn.id, name == "hello");
+            auth::extend_hello(&shared.users(), &mut conn.session, cmd, &mut reply);
+            Ok(reply)
+        }
+        "saslStart" => auth::sasl_start(&shared.users(), &mut conn.session, db, cmd),
+        "saslContinue" => auth::sasl_continue(&mut conn.session, db, cmd),
+        "createUser" => auth::create_user(
+            &mut shared.users(),
+            &conn.session,
+            shared.enforce_auth,
+            db,
+            cmd,
+        ),
+        "dropUser" => auth::drop_user(&mut shared.users(), db, cmd),
         "ping" | "endSessions" => Ok(Document::new()),
         "buildInfo" | "buildinfo" => Ok(doc! {
             "version": VERSION,
@@ -124,7 +165,7 @@ fn dispatch(
 
 /// The handshake reply. No `topologyVersion` is sent, so drivers poll with
 /// plain `hello` instead of the streaming (exhaust) protocol.
-pub fn hello(conn: Connection, modern: bool) -> Document {
+fn hello(connection_id: i64, modern: bool) -> Document {
     let mut reply = Document::new();
     reply.insert("helloOk", true);
     reply.insert(
@@ -141,7 +182,7 @@ pub fn hello(conn: Connection, modern: bool) -> Document {
         "maxWriteBatchSize": MAX_WRITE_BATCH_SIZE,
         "localTime": bson::DateTime::now(),
         "logicalSessionTimeoutMinutes": 30,
-        "connectionId": conn.id,
+        "connectionId": connection_id,
         "minWireVersion": 0,
         "maxWireVersion": MAX_WIRE_VERSION,
         "readOnly": false,
@@ -287,14 +328,10 @@ fn get_more(store: &mut Store, db: &str, cmd: &Document) -> CmdResult<Document> 
         .get_mut(&id)
         .ok_or_else(|| CommandError::cursor_not_found(id))?;
     if cursor.ns != format!("{db}.{coll}") {
-        return Err(CommandError::new(
-            13,
-            "Unauthorized",
-            format!(
-                "Requested getMore on namespace '{db}.{coll}', but cursor belongs to a different namespace {}",
-                cursor.ns
-            ),
-        ));
+        return Err(CommandError::unauthorized(format!(
+            "Requested getMore on namespace '{db}.{coll}', but cursor belongs to a different namespace {}",
+            cursor.ns
+        )));
     }
     let batch = take_batch(&mut cursor.remaining, batch_size);
     let ns = cursor.ns.clone();

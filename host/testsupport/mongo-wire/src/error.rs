@@ -55,6 +55,29 @@ impl CommandError {
         Self::new(27, "IndexNotFound", message)
     }
 
+    pub fn user_not_found(user: &str, db: &str) -> Self {
+        Self::new(11, "UserNotFound", format!("User '{user}@{db}' not found"))
+    }
+
+    /// Every access-control refusal (code 13), however it is worded.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(13, "Unauthorized", message)
+    }
+
+    /// A failed login: like `mongod`, the client only learns that it failed
+    /// (the reason is logged).
+    pub fn authentication_failed() -> Self {
+        Self::new(18, "AuthenticationFailed", "Authentication failed.")
+    }
+
+    pub fn role_not_found(role: &str, db: &str) -> Self {
+        Self::new(
+            31,
+            "RoleNotFound",
+            format!("Could not find role: {role}@{db}"),
+        )
+    }
+
     pub fn cursor_not_found(id: i64) -> Self {
         Self::new(43, "CursorNotFound", format!("cursor id {id} not found"))
     }

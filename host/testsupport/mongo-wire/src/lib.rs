@@ -21,17 +21,25 @@
 //! thread and runtime. The `mongo-wire` binary serves standalone on a port.
 //!
 //! Simplifications versus a real `mongod` are listed in the module docs of
-//! `query`, `update`, `aggregate` and `commands`; notably there is no
-//! authentication, TLS, compression, transactions, persistence, or
-//! replication, and commands run one at a time under a single lock.
+//! `query`, `update`, `aggregate`, `commands` and `auth`; notably there is
+//! no TLS, compression, transactions, persistence, or replication, and
+//! commands run one at a time under a single lock.
+//!
+//! With [`Options::auth`] the server enforces access control like `mongod
+//! --auth`: users (`createUser`/`dropUser`), SCRAM-SHA-256 logins (also
+//! speculative ones in `hello`) and MongoDB's built-in roles per database.
 
 mod aggregate;
+mod auth;
 mod commands;
 mod error;
 mod query;
+mod scram;
 mod server;
 mod store;
 mod update;
 mod wire;
 
-pub use server::{ServerHandle, start, start_in_background};
+pub use server::{
+    Options, ServerHandle, start, start_in_background, start_in_background_with, start_with,
+};

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! mongo-wire --port 27017
+//! mongo-wire --port 27017 --root-user root   # access control on; the
+//!                                            # password from MONGO_WIRE_ROOT_PASSWORD
 //! ```
 //!
 //! Prints `mongo-wire listening on mongodb://ADDR` on stdout once it accepts
@@ -24,6 +26,12 @@ struct Args {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 27017)]
     port: u16,
+    /// Turn access control on, with this user as `root` on `admin`.
+    #[arg(long, requires = "root_password")]
+    root_user: Option<String>,
+    /// The root user's password.
+    #[arg(long, env = "MONGO_WIRE_ROOT_PASSWORD", hide_env_values = true)]
+    root_password: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,7 +44,11 @@ async fn main() -> std::io::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
-    let server = mongo_wire::start(SocketAddr::new(args.bind, args.port)).await?;
+    let options = match (args.root_user, args.root_password) {
+        (Some(user), Some(password)) => mongo_wire::Options::auth(user, password),
+        _ => mongo_wire::Options::default(),
+    };
+    let server = mongo_wire::start_with(SocketAddr::new(args.bind, args.port), options).await?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(

@@ -17,6 +17,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::auth::{Session, Users};
 use crate::commands::{self, Connection, Shared};
 use crate::error::CommandError;
 use crate::wire::{self, Request};
@@ -24,11 +25,40 @@ use crate::wire::{self, Request};
 /// Commands that older clients may still send as legacy OP_QUERY.
 const OP_QUERY_COMMANDS: &[&str] = &["hello", "isMaster", "ismaster"];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Server {
     shared: Shared,
     next_connection_id: AtomicI64,
     next_request_id: AtomicI32,
+}
+
+/// How to start a server. The default has no access control, like a
+/// `mongod` without `--auth`.
+#[derive(Clone, Default)]
+pub struct Options {
+    root: Option<(String, String)>,
+}
+
+impl Options {
+    /// Access control on (`--auth`), with one user to begin with: `user` with
+    /// the role `root` on `admin`, as the official image makes from
+    /// `MONGO_INITDB_ROOT_USERNAME`/`_PASSWORD`. It can create the others
+    /// with `createUser`.
+    pub fn auth(user: impl Into<String>, password: impl Into<String>) -> Options {
+        Options {
+            root: Some((user.into(), password.into())),
+        }
+    }
+
+    fn shared(&self) -> io::Result<Shared> {
+        Ok(match &self.root {
+            None => Shared::default(),
+            Some((user, password)) => Shared::with_auth(
+                Users::with_root(user, password)
+                    .map_err(|e| io::Error::other(format!("creating the root user: {e}")))?,
+            ),
+        })
+    }
 }
 
 /// A running server. Dropping it (or calling [`ServerHandle::shutdown`])
@@ -81,10 +111,16 @@ impl Drop for ServerHandle {
 /// Binds `addr` and serves on the current tokio runtime until the returned
 /// handle is dropped. Use port 0 to get a free port (see [`ServerHandle::addr`]).
 pub async fn start(addr: SocketAddr) -> io::Result<ServerHandle> {
+    start_with(addr, Options::default()).await
+}
+
+/// [`start`] with [`Options`] (e.g. access control).
+pub async fn start_with(addr: SocketAddr, options: Options) -> io::Result<ServerHandle> {
+    let shared = options.shared()?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(serve(listener, stopped));
+    tokio::spawn(serve(listener, shared, stopped));
     tracing::info!(%addr, "mongo-wire listening");
     Ok(ServerHandle {
         addr,
@@ -98,6 +134,12 @@ pub async fn start(addr: SocketAddr) -> io::Result<ServerHandle> {
 /// e.g. while waiting for child processes). Dropping the handle stops the
 /// server and joins the thread.
 pub fn start_in_background(addr: SocketAddr) -> io::Result<ServerHandle> {
+    start_in_background_with(addr, Options::default())
+}
+
+/// [`start_in_background`] with [`Options`] (e.g. access control).
+pub fn start_in_background_with(addr: SocketAddr, options: Options) -> io::Result<ServerHandle> {
+    let shared = options.shared()?;
     let (ready_tx, ready_rx) =
         std::sync::mpsc::channel::<io::Result<(SocketAddr, watch::Sender<bool>)>>();
     let thread = std::thread::Builder::new()
@@ -121,7 +163,7 @@ pub fn start_in_background(addr: SocketAddr) -> io::Result<ServerHandle> {
                         let (stop, stopped) = watch::channel(false);
                         if ready_tx.send(Ok((local, stop))).is_ok() {
                             tracing::info!(addr = %local, "mongo-wire listening (background thread)");
-                            serve(listener, stopped).await;
+                            serve(listener, shared, stopped).await;
                         }
                     }
                     Err(err) => {
@@ -158,8 +200,12 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn serve(listener: TcpListener, mut stopped: watch::Receiver<bool>) {
-    let server = Arc::new(Server::default());
+async fn serve(listener: TcpListener, shared: Shared, mut stopped: watch::Receiver<bool>) {
+    let server = Arc::new(Server {
+        shared,
+        next_connection_id: AtomicI64::new(0),
+        next_request_id: AtomicI32::new(0),
+    });
     loop {
         tokio::select! {
             _ = stop_requested(&mut stopped) => break,
@@ -189,7 +235,10 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
-    let conn = Connection { id };
+    let mut conn = Connection {
+        id,
+        session: Session::default(),
+    };
     loop {
         let request = tokio::select! {
             _ = stop_requested(&mut stopped) => break,
@@ -203,7 +252,7 @@ async fn connection(
                 break;
             }
         };
-        let Some(reply) = handle(&server, conn, request) else {
+        let Some(reply) = handle(&server, &mut conn, request) else {
             continue;
         };
         match reply {
@@ -224,7 +273,7 @@ async fn connection(
 
 /// Runs a request and encodes its reply; `None` when the client asked for no
 /// reply (`moreToCome`).
-fn handle(server: &Server, conn: Connection, request: Request) -> Option<io::Result<Vec<u8>>> {
+fn handle(server: &Server, conn: &mut Connection, request: Request) -> Option<io::Result<Vec<u8>>> {
     let reply_id = server.next_request_id.fetch_add(1, Ordering::Relaxed) + 1;
     match request {
         Request::Msg {
@@ -263,7 +312,7 @@ fn handle(server: &Server, conn: Connection, request: Request) -> Option<io::Res
 /// OP_QUERY is only accepted for the handshake on `<db>.$cmd`, like MongoDB 6+.
 fn legacy_command(
     server: &Server,
-    conn: Connection,
+    conn: &mut Connection,
     collection: &str,
     query: Document,
 ) -> Document {

@@ -1,6 +1,7 @@
 //! Tests through the official `mongodb` driver against an in-process
 //! `mongo-wire` server (one test binary, so the driver links once).
 
+mod auth;
 mod binary;
 mod crud;
 mod gridfs;
