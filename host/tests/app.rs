@@ -758,6 +758,12 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
         }
         for entry in std::fs::read_dir(state.join("blobs").join(bucket)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            // Hidden names are writes cut short by a kill: never described,
+            // so never visible, and removed at a start an hour later.
+            if name.starts_with('.') {
+                eprintln!("{bucket}: an unfinished write was left: {name}");
+                continue;
+            }
             let known = name
                 .strip_suffix(".data")
                 .or_else(|| name.strip_suffix(".json"));
@@ -780,19 +786,6 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
             .unwrap();
         assert!(dead.is_empty(), "{queue}: {dead:?}");
     }
-}
-
-/// `spindle-convert`, built next to `spindle` (the host's tests do not
-/// build other packages' binaries by themselves).
-fn convert_binary() -> std::path::PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_spindle")).with_file_name("spindle-convert");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "convert", "--bin", "spindle-convert"])
-        .current_dir(support::workspace_root())
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building spindle-convert");
-    path
 }
 
 /// A `spindle-convert` process, killed when dropped.
@@ -849,7 +842,7 @@ async fn faults_lose_nothing_and_do_nothing_twice() {
         return;
     };
     let suite = Instant::now();
-    let worker_binary = convert_binary();
+    let worker_binary = support::convert_binary();
     let node = tokio::task::spawn_blocking(|| rabbit_node::RabbitNode::start("faults"))
         .await
         .unwrap()

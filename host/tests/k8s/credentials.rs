@@ -315,32 +315,8 @@ impl Drop for Worker {
     }
 }
 
-/// The `spindle-convert` binary of this build (another package's, so built
-/// here; next to `spindle`, in the same profile).
-fn convert_binary() -> std::path::PathBuf {
-    let spindle = Path::new(env!("CARGO_BIN_EXE_spindle"));
-    let dir = spindle.parent().expect("spindle is in a directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.current_dir(support::workspace_root()).args([
-        "build",
-        "-p",
-        "convert",
-        "--bin",
-        "spindle-convert",
-    ]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build
-        .status()
-        .expect("running cargo build for spindle-convert");
-    assert!(status.success(), "building spindle-convert failed");
-    dir.join("spindle-convert")
-}
-
 fn start_worker(manifest: &Path, config: &Path, state: &Path, env: &[(String, String)]) -> Worker {
-    let mut child = Command::new(convert_binary())
+    let mut child = Command::new(support::convert_binary())
         .arg("--manifest")
         .arg(manifest)
         .arg("--runtime-config-file")

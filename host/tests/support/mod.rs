@@ -536,3 +536,27 @@ impl RealServers {
         )
     }
 }
+
+/// The `spindle-convert` binary next to `spindle`. The root `cargo test`
+/// builds it fresh (the convert package's own tests need it); a run of the
+/// host's tests alone builds it when it is missing. Not rebuilt otherwise:
+/// `cargo build -p convert` resolves features apart from the workspace run
+/// and would compile a second copy of the platform.
+pub fn convert_binary() -> PathBuf {
+    let spindle = Path::new(env!("CARGO_BIN_EXE_spindle"));
+    let path = spindle.with_file_name("spindle-convert");
+    if path.exists() {
+        return path;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(workspace_root())
+        .args(["build", "-p", "convert", "--bin", "spindle-convert"]);
+    if spindle.parent().is_some_and(|d| d.ends_with("release")) {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build for spindle-convert");
+    assert!(status.success(), "building spindle-convert failed");
+    path
+}
