@@ -127,8 +127,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     )
     .await?;
     let admin_url = format!("{}://{}", admin.scheme(), admin.local_addr()?);
-    // Hot-redeployed components run instead of the manifest's sources.
-    let deployed = spindle_platform::deploy::load_deployed(&blobs, &manifest).await?;
 
     // The watch keeps its own copy: the build commands and globs.
     let watch_manifest = args.watch.then(|| manifest.clone());
@@ -145,7 +143,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
         blobs,
         broker,
         mailer,
-        deployed,
         host_id: host_id(listen_addr),
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
@@ -167,9 +164,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("spindle:queue: {}", app.broker().describe());
     tracing::info!("spindle:mail: {}", app.mailer().describe());
     let consumers = app.start_queue_triggers(&workers).await?;
-    // Deploys made through other hosts; the task ends with the process.
-    let _follower = app
-        .follow_deploys()
+    // Hot-redeployed versions replace the manifest's before anything is
+    // served (the blob store may answer only later; until then app routes
+    // answer 503), then deploys made through other hosts follow; the task
+    // ends with the process.
+    let _deploys = app
+        .start_deploys()
         .await
         .context("subscribing to deploy events")?;
     // Rebuilds and swaps watched components; stops with the process.

@@ -63,12 +63,52 @@ fn bucket_labels(bucket: &str) -> BucketLabels {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeployLabels {
+    pub component: String,
+    pub outcome: &'static str,
+}
+
+/// How a deploy or rollback through this host ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// A deploy (`spindle deploy`, or `up --watch`) now serves, or
+    /// already did.
+    Deployed,
+    /// Refused (it does not compile, link or fit its grants, or there is no
+    /// version to roll back to); the running version serves on.
+    Refused,
+    /// A rollback now serves the version before.
+    RolledBack,
+    /// The deploy store failed; nothing changed.
+    Failed,
+}
+
+impl DeployOutcome {
+    const ALL: [DeployOutcome; 4] = [
+        DeployOutcome::Deployed,
+        DeployOutcome::Refused,
+        DeployOutcome::RolledBack,
+        DeployOutcome::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DeployOutcome::Deployed => "deployed",
+            DeployOutcome::Refused => "refused",
+            DeployOutcome::RolledBack => "rolled_back",
+            DeployOutcome::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<ComponentLabels, Histogram>,
     instantiation: Family<ComponentLabels, Histogram>,
     queue: QueueFamilies,
+    deploys: Family<DeployLabels, Counter>,
 }
 
 /// Per-queue message counts of the queue triggers.
@@ -171,12 +211,19 @@ impl Metrics {
             "Bytes read out of blob files, by bucket",
             blobs.read.clone(),
         );
+        let deploys = Family::<DeployLabels, Counter>::default();
+        registry.register(
+            "deploys",
+            "Deploys and rollbacks through this host, by component and outcome (deployed, refused, rolled_back, failed)",
+            deploys.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             instantiation,
             queue,
+            deploys,
         }
     }
 
@@ -218,6 +265,27 @@ impl Metrics {
             in_flight: families.in_flight.get_or_create(&labels).clone(),
             duration: families.duration.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Makes `component`'s deploy series, at 0 for every outcome, so they
+    /// show before its first deploy.
+    pub fn start_deploy_series(&self, component: &str) {
+        for outcome in DeployOutcome::ALL {
+            self.deploy_counter(component, outcome);
+        }
+    }
+
+    pub fn record_deploy(&self, component: &str, outcome: DeployOutcome) {
+        self.deploy_counter(component, outcome).inc();
+    }
+
+    fn deploy_counter(&self, component: &str, outcome: DeployOutcome) -> Counter {
+        self.deploys
+            .get_or_create(&DeployLabels {
+                component: component.to_string(),
+                outcome: outcome.label(),
+            })
+            .clone()
     }
 
     /// The registry in Prometheus text format.
