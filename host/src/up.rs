@@ -12,6 +12,7 @@ use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
+use spindle_platform::metrics::ConversionMetrics;
 use spindle_platform::runtime::cache::CacheOutcome;
 use spindle_platform::runtime_config::RuntimeConfig;
 use spindle_platform::trigger::http::body::MinRate;
@@ -91,6 +92,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .await?;
     let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
     let mut workers = HashMap::new();
+    let conversions = ConversionMetrics::default();
     if let Some(trigger) = &convert_trigger {
         let variables =
             AppVariables::resolve(&manifest, &args.variables, &runtime_config.variables, |k| {
@@ -104,6 +106,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             &convert_config,
             trigger,
             settings,
+            conversions.clone(),
         )
         .await?;
         workers.insert(convert::WORKER.to_string(), worker);
@@ -146,6 +149,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         host_id: host_id(listen_addr),
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
+    if !workers.is_empty() {
+        app.metrics().register_conversions(&conversions);
+    }
 
     for c in app.components() {
         let how = match c.cache {

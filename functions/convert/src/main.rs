@@ -16,7 +16,7 @@ use spindle_platform::capabilities::queue::Broker;
 use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::Manifest;
-use spindle_platform::metrics::Metrics;
+use spindle_platform::metrics::{ConversionMetrics, Metrics};
 use spindle_platform::runtime_config::RuntimeConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,8 +138,18 @@ async fn run(args: Args) -> Result<()> {
     })
     .with_context(|| args.manifest.display().to_string())?;
     let settings = convert::app_settings(&variables)?;
-    let worker = convert::worker(blobs.clone(), broker.clone(), &config, &trigger, settings).await?;
+    let conversions = ConversionMetrics::default();
+    let worker = convert::worker(
+        blobs.clone(),
+        broker.clone(),
+        &config,
+        &trigger,
+        settings,
+        conversions.clone(),
+    )
+    .await?;
     let metrics = Metrics::new(blobs.metrics());
+    metrics.register_conversions(&conversions);
     let mut options = trigger.consume_options();
     options.on_dead_letter = worker.on_dead_letter;
     // The queue's series exist (at 0) from here, before any message.

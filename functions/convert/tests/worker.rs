@@ -184,9 +184,16 @@ async fn worker_on(
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
-    let worker = convert::worker(blobs.clone(), broker.clone(), &config, &trigger, settings)
-        .await
-        .unwrap();
+    let worker = convert::worker(
+        blobs.clone(),
+        broker.clone(),
+        &config,
+        &trigger,
+        settings,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     Worker {
         blobs,
         broker,
@@ -1058,6 +1065,21 @@ async fn the_worker_serves_health_readiness_and_its_queue_metrics() {
         metrics.contains("spindle_queue_messages_consumed_total{queue=\"video\"} 1\n"),
         "{metrics}"
     );
+    // The conversion: by outcome (every outcome shown), ffmpeg's time and
+    // the media seconds (the clip lasts 3 s).
+    for line in [
+        "spindle_conversions_total{outcome=\"done\"} 1\n",
+        "spindle_conversions_total{outcome=\"failed\"} 0\n",
+        "spindle_conversion_duration_seconds_count 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    let media: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spindle_conversion_media_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("media seconds counted");
+    assert!((2.5..3.5).contains(&media), "{media}");
     assert_eq!(get(&w.addr, "/components").0, 404);
     drop(w);
 
