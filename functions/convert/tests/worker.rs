@@ -989,15 +989,17 @@ fn start_probed(dir: &Path, runtime_config: &str) -> Probed {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let addr = stdout
-        .lines()
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
         .map_while(Result::ok)
         .find_map(|l| {
             l.strip_prefix("Health http://")
                 .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
         })
         .expect("the worker prints its health address");
+    // Read on, so the worker's later lines do not meet a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Probed { child, addr }
 }
 
