@@ -12,6 +12,7 @@ use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
+use spindle_platform::metrics::ConversionMetrics;
 use spindle_platform::runtime::cache::CacheOutcome;
 use spindle_platform::runtime_config::RuntimeConfig;
 use spindle_platform::trigger::http::body::MinRate;
@@ -91,6 +92,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .await?;
     let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
     let mut workers = HashMap::new();
+    let conversions = ConversionMetrics::default();
     if let Some(trigger) = &convert_trigger {
         let variables =
             AppVariables::resolve(&manifest, &args.variables, &runtime_config.variables, |k| {
@@ -104,6 +106,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             &convert_config,
             trigger,
             settings,
+            conversions.clone(),
         )
         .await?;
         workers.insert(convert::WORKER.to_string(), worker);
@@ -127,8 +130,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     )
     .await?;
     let admin_url = format!("{}://{}", admin.scheme(), admin.local_addr()?);
-    // Hot-redeployed components run instead of the manifest's sources.
-    let deployed = spindle_platform::deploy::load_deployed(&blobs, &manifest).await?;
 
     // The watch keeps its own copy: the build commands and globs.
     let watch_manifest = args.watch.then(|| manifest.clone());
@@ -145,10 +146,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         blobs,
         broker,
         mailer,
-        deployed,
         host_id: host_id(listen_addr),
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
+    if !workers.is_empty() {
+        app.metrics().register_conversions(&conversions);
+    }
 
     for c in app.components() {
         let how = match c.cache {
@@ -167,9 +170,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("spindle:queue: {}", app.broker().describe());
     tracing::info!("spindle:mail: {}", app.mailer().describe());
     let consumers = app.start_queue_triggers(&workers).await?;
-    // Deploys made through other hosts; the task ends with the process.
-    let _follower = app
-        .follow_deploys()
+    // Hot-redeployed versions replace the manifest's before anything is
+    // served (the blob store may answer only later; until then app routes
+    // answer 503), then deploys made through other hosts follow; the task
+    // ends with the process.
+    let _deploys = app
+        .start_deploys()
         .await
         .context("subscribing to deploy events")?;
     // Rebuilds and swaps watched components; stops with the process.

@@ -300,8 +300,41 @@ async fn auth_on_mariadb() {
     // A database of this run's own: see support::TestDatabase.
     let db = support::TestDatabase::create(&url, "auth").await;
     let url = db.url.clone();
-    let (s, _rc) = start(Some(&format!("[mysql]\nurl = \"{url}\"\n")), &[]);
+    // The host starts first, told to use a port where MariaDB "comes up"
+    // later (a forwarder to the real server opens there).
+    let mut late: url::Url = url.parse().unwrap();
+    let target = format!(
+        "{}:{}",
+        late.host_str().unwrap(),
+        late.port().unwrap_or(3306)
+    );
+    let port = support::free_port();
+    late.set_host(Some("127.0.0.1")).unwrap();
+    late.set_port(Some(port)).unwrap();
+    let (s, _rc) = start(Some(&format!("[mysql]\nurl = \"{late}\"\n")), &[]);
     assert!(s.log_contains("MySQL server"), "{}", s.stderr());
+    let c = support::client();
+    let r = c.get(format!("{}/healthz", s.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}/readyz", s.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["down"]["spin:mysql"].is_string(), "{body}");
+    // Auth answers at once with a JSON error naming the server. (500, not
+    // 503: the host connects at a request's first query, and auth counts
+    // only a failed open as an outage.)
+    let r = c
+        .post(format!("{}/signup", s.url))
+        .json(&json!({"email": unique_email("early"), "password": "long enough"}))
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_json_error(r, 500).await;
+    assert!(msg.contains("cannot reach the MySQL server"), "{msg}");
+
+    support::forward(port, target);
+    let waited = support::until_ready(&s.admin).await;
+    println!("MariaDB reachable → /readyz 200: {waited:?}");
     let email = flows(&s).await;
     bad_input(&s, &email).await;
 

@@ -118,6 +118,25 @@ async fn rollback(s: &Spindle) -> (bool, String, String) {
     .await
 }
 
+/// The value of `spindle_deploys_total` for the probe and `outcome`.
+async fn deploys_counted(c: &reqwest::Client, s: &Spindle, outcome: &str) -> u64 {
+    let metrics = c
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("spindle_deploys_total{{component=\"probe\",outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no series {series}in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 async fn version(c: &reqwest::Client, s: &Spindle) -> String {
     let resp = c.get(format!("{}/version", s.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -156,6 +175,10 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     let s = up(opts);
     let c = support::client();
     assert_eq!(version(&c, &s).await, V1);
+    // The deploy series exist before any deploy.
+    for outcome in ["deployed", "refused", "rolled_back", "failed"] {
+        assert_eq!(deploys_counted(&c, &s, outcome).await, 0, "{outcome}");
+    }
 
     // Refusals: the old version keeps serving, and the message says why.
     let junk = dir.path().join("junk.wasm");
@@ -180,6 +203,19 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     let msg = expect_json_error(resp, 404).await;
     assert!(msg.contains("probe"), "{msg}");
     assert_eq!(version(&c, &s).await, V1);
+    // Three refusals of the probe; the unknown component is not counted.
+    assert_eq!(deploys_counted(&c, &s, "refused").await, 3);
+    assert_eq!(deploys_counted(&c, &s, "deployed").await, 0);
+    assert!(
+        !c.get(format!("{}/metrics", s.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("component=\"nope\"")
+    );
 
     // Several clients for the whole time the component flips 12 times.
     let stop = Arc::new(AtomicBool::new(false));
@@ -225,6 +261,8 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     println!(
         "deploy → first request on the new version: {times:?} ({total} requests, none failed)"
     );
+    assert_eq!(deploys_counted(&c, &s, "deployed").await, 12);
+    assert_eq!(deploys_counted(&c, &s, "refused").await, 3);
 
     // A slow download that started on v1 finishes on v1 after a swap.
     assert_eq!(version(&c, &s).await, V1);
@@ -309,6 +347,7 @@ async fn hot_redeploy_swaps_without_failing_requests() {
     let (ok, out, err) = rollback(&s).await;
     assert!(ok, "{out}{err}");
     assert_eq!(version(&c, &s).await, V2);
+    assert_eq!(deploys_counted(&c, &s, "rolled_back").await, 1);
 
     // A restarted host comes back on the deployed version, not the manifest's.
     drop(s);
@@ -523,4 +562,73 @@ async fn a_deploy_reaches_every_replica_and_survives_restarts() {
     assert!(ok, "{out}{err}");
     assert_eq!(version(&c, &b).await, V1);
     until_version(&c, &a, V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_waits_for_a_late_mongodb_then_serves_its_deployed_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = probe_versions(dir.path());
+    let manifest = probe_manifest(dir.path(), &v1);
+    let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let runtime_config = |name: &str, gridfs: &str| {
+        let path = dir.path().join(name);
+        // Requests wait 1 s (not 5) for start-up before their 503.
+        std::fs::write(
+            &path,
+            format!("[gridfs]\nurl = \"{gridfs}\"\n[limits]\nqueue_timeout_secs = 1\n"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let c = support::client();
+
+    // v2 is deployed through a first host and recorded in MongoDB.
+    {
+        let a = up(UpOptions::new(&manifest)
+            .arg("--runtime-config-file")
+            .arg(runtime_config("a.toml", &mongo.url())));
+        let (ok, out, err) = deploy(&a, &v2).await;
+        assert!(ok, "{out}{err}");
+    }
+
+    // A second host starts while nothing answers at its MongoDB address.
+    let port = support::free_port();
+    let b = up(UpOptions::new(&manifest)
+        .arg("--runtime-config-file")
+        .arg(runtime_config(
+            "b.toml",
+            &format!("mongodb://127.0.0.1:{port}"),
+        )));
+    let r = c.get(format!("{}/healthz", b.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}/readyz", b.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let starting = body["starting"].as_str().unwrap_or_default();
+    assert!(
+        starting.contains("deploy records") && starting.contains(&format!("127.0.0.1:{port}")),
+        "{body}"
+    );
+    assert!(body["degraded"]["spindle:blobs"].is_string(), "{body}");
+    // App routes answer at once with 503 and Retry-After, not a hang.
+    let asked = Instant::now();
+    let r = c.get(format!("{}/version", b.url)).send().await.unwrap();
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    let msg = expect_json_error(r, 503).await;
+    assert!(msg.contains("starting"), "{msg}");
+    assert!(asked.elapsed() < Duration::from_secs(10));
+
+    // MongoDB comes up at that address a few seconds later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    support::forward(port, mongo.addr().to_string());
+    let waited = support::until_ready(&b.admin).await;
+    println!("MongoDB reachable → /readyz 200: {waited:?}");
+    assert_eq!(
+        version(&c, &b).await,
+        V2,
+        "the deployed version, not the manifest's"
+    );
+    assert!(b.log_contains("deploy records read in"), "{}", b.stderr());
 }

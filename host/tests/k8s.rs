@@ -32,6 +32,10 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.34.0", "1.37.0"];
 /// The admin listener's port in the host Deployment (`--admin-listen`).
 const ADMIN_PORT: u64 = 3001;
 
+/// The health listener's port in the convert worker's Deployment
+/// (`--health-listen`).
+const HEALTH_PORT: u64 = 8081;
+
 fn k8s_dir() -> PathBuf {
     support::workspace_root().join("k8s")
 }
@@ -483,6 +487,7 @@ fn kustomizations_render_and_fit_together() {
         }
 
         check_host(r);
+        check_convert(r);
         for deployment in ["spindle-host", "spindle-convert"] {
             let d = kind_named(r, "Deployment", deployment);
             check_hardened(n, deployment, &d["spec"]["template"]["spec"]);
@@ -508,27 +513,7 @@ fn check_host(r: &Rendering) {
             .contains(&Value::from(format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"))),
         "{n}: the host's admin listener must listen on 0.0.0.0:{ADMIN_PORT}"
     );
-    let port_number = |port: &Value| -> u64 {
-        port.as_u64().unwrap_or_else(|| {
-            c["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == *port)
-                .unwrap_or_else(|| panic!("{n}: no container port {port}"))["containerPort"]
-                .as_u64()
-                .unwrap()
-        })
-    };
-    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-        let get = &c[probe]["httpGet"];
-        assert_eq!(get["path"], path, "{n}: host {probe} path");
-        assert_eq!(
-            port_number(&get["port"]),
-            ADMIN_PORT,
-            "{n}: host {probe} port"
-        );
-    }
+    check_probes(n, "host", c, ADMIN_PORT);
     for kind in ["requests", "limits"] {
         for resource in ["cpu", "memory"] {
             assert!(
@@ -568,6 +553,43 @@ fn check_host(r: &Rendering) {
         annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"],
         "off"
     );
+}
+
+/// The convert worker serves its probes on its health listener.
+fn check_convert(r: &Rendering) {
+    let n = &r.name;
+    let convert = kind_named(r, "Deployment", "spindle-convert");
+    let c = &convert["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c["args"].as_array().unwrap().contains(&Value::from(format!(
+            "--health-listen=0.0.0.0:{HEALTH_PORT}"
+        ))),
+        "{n}: the worker's health listener must listen on 0.0.0.0:{HEALTH_PORT}"
+    );
+    check_probes(n, "convert", c, HEALTH_PORT);
+}
+
+/// Container `c` has a readiness probe on `/readyz` and a liveness probe on
+/// `/healthz`, both on `port` (by number or by the name of a container port).
+fn check_probes(n: &str, what: &str, c: &Value, port: u64) {
+    let port_number = |port: &Value| -> u64 {
+        port.as_u64().unwrap_or_else(|| {
+            c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == *port)
+                .unwrap_or_else(|| panic!("{n}: {what} has no container port {port}"))
+                ["containerPort"]
+                .as_u64()
+                .unwrap()
+        })
+    };
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{n}: {what} {probe} path");
+        assert_eq!(port_number(&get["port"]), port, "{n}: {what} {probe} port");
+    }
 }
 
 /// Our images run as a non-root user on a read-only root filesystem.

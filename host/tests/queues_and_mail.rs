@@ -255,22 +255,6 @@ async fn queue_trigger_on_rabbitmq_and_mail_over_smtp() {
     assert_eq!(r.status(), 400);
 }
 
-/// Forwards connections on `listener` to `target` (RabbitMQ coming up).
-fn forward(listener: std::net::TcpListener, target: String) {
-    listener.set_nonblocking(true).unwrap();
-    tokio::spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
     let Ok(amqp) = std::env::var("SPINDLE_TEST_AMQP_URL") else {
@@ -284,11 +268,7 @@ async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
         broker.port().unwrap_or(5672)
     );
     // A port where nothing answers yet; the broker "comes up" there later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let mut late = broker.clone();
     late.set_host(Some("127.0.0.1")).unwrap();
     late.set_port(Some(port)).unwrap();
@@ -311,23 +291,8 @@ async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("queue broker"));
 
-    forward(
-        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
-        target,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = client
-            .get(format!("{}/readyz", s.admin))
-            .send()
-            .await
-            .unwrap();
-        if ready.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::forward(port, target);
+    support::until_ready(&s.admin).await;
     let resp = client
         .post(format!("{}/publish/{queue}", s.url))
         .body("after the broker came up")

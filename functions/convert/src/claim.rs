@@ -74,12 +74,21 @@ impl Claim {
         let token = uuid_token();
         let value = stamp(&token);
         let expect = vec![
-            (CLAIM.to_string(), crate::job::meta(video, CLAIM).map(str::to_string)),
-            ("state".to_string(), crate::job::meta(video, "state").map(str::to_string)),
+            (
+                CLAIM.to_string(),
+                crate::job::meta(video, CLAIM).map(str::to_string),
+            ),
+            (
+                "state".to_string(),
+                crate::job::meta(video, "state").map(str::to_string),
+            ),
         ];
         let mut pairs = vec![(CLAIM.to_string(), value.clone())];
         pairs.extend(set);
-        match blobs.update_metadata_if(VIDEOS, &video.id, expect, pairs).await {
+        match blobs
+            .update_metadata_if(VIDEOS, &video.id, expect, pairs)
+            .await
+        {
             Ok(Some(_)) => Ok(Claim {
                 blobs: blobs.clone(),
                 video_fid: video.id.clone(),

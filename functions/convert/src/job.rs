@@ -32,6 +32,7 @@ use crate::message::JobMessage;
 use bytes::Bytes;
 use spindle_platform::capabilities::blobs::{BlobStore, Error as BlobError, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{Broker, Delivery, Outcome};
+use spindle_platform::metrics::ConversionMetrics;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -51,6 +52,7 @@ pub struct Converter {
     pub(crate) work_dir: PathBuf,
     /// Whether a video keeps its bytes once its job has ended.
     pub(crate) keep_videos: bool,
+    pub(crate) metrics: ConversionMetrics,
 }
 
 /// A step that failed and how to settle the message.
@@ -113,6 +115,7 @@ impl Converter {
             }
             Err(Stop::Retry(reason)) => {
                 tracing::warn!(job_id = %job.job_id, attempt = delivery.attempt, "will retry: {reason}");
+                self.metrics.ended("retried");
                 Outcome::Retry(reason)
             }
             Err(Stop::Defer(reason)) => Outcome::Defer(reason),
@@ -161,6 +164,7 @@ impl Converter {
         {
             Ok(Some(_)) => {
                 tracing::warn!(job_id = %job.job_id, "job failed: its message was dead-lettered");
+                self.metrics.ended("failed");
                 Ok(())
             }
             Ok(None) => Err("the job changed while it was being marked failed".into()),
@@ -236,6 +240,7 @@ impl Converter {
                 };
                 claim.finish(set).await?;
                 tracing::warn!(job_id = %job.job_id, "job failed: {reason}");
+                self.metrics.ended("failed");
                 // Nothing a replay could change: the video cannot be read.
                 self.release_video(job).await;
                 return Err(Stop::Fail(reason));
@@ -263,6 +268,7 @@ impl Converter {
             return Err(lost.into());
         }
         tracing::info!(job_id = %job.job_id, mp3_fid = %mp3, "converted");
+        self.metrics.ended("done");
         self.release_video(job).await;
         self.announce(job, &mp3).await
     }
@@ -300,7 +306,7 @@ impl Converter {
         }
     }
 
-/// An MP3 an earlier attempt stored for this job; extra copies (from
+    /// An MP3 an earlier attempt stored for this job; extra copies (from
     /// two deliveries racing after a lost connection) are removed.
     async fn existing_mp3(&self, job: &JobMessage) -> Result<Option<String>, Stop> {
         let mut found = self
@@ -351,6 +357,7 @@ impl Converter {
         let outcome = match (converted, stored) {
             (Ok(()), Ok(info)) if info.length > 0 => {
                 tracing::info!(job_id = %job.job_id, bytes = info.length, "ffmpeg finished in {:.1?}", started.elapsed());
+                self.metrics.converted(started.elapsed(), media.duration);
                 return Ok(info.id);
             }
             (Ok(()), Ok(info)) => (

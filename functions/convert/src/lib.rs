@@ -25,6 +25,7 @@ use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::queue::{Broker, DeadLetterHook, Worker};
 use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::manifest::{AmqpTarget, AmqpTrigger, Manifest};
+use spindle_platform::metrics::ConversionMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +107,7 @@ pub async fn worker(
     config: &ConvertConfig,
     trigger: &AmqpTrigger,
     settings: AppSettings,
+    metrics: ConversionMetrics,
 ) -> anyhow::Result<Worker> {
     let limits = ffmpeg::Limits {
         time_limit: config.time_limit(),
@@ -132,6 +134,7 @@ pub async fn worker(
         ffmpeg,
         work_dir,
         keep_videos: settings.keep_videos,
+        metrics,
     });
     let hook = converter.clone();
     Ok(Worker {

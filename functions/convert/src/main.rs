@@ -1,15 +1,26 @@
 //! `spindle-convert`: the convert worker on its own, for running it apart
 //! from the HTTP hosts (e.g. a Kubernetes Deployment with ffmpeg in its
 //! image). It reads the same `spin.toml` and runtime config as `spindle up`.
+//!
+//! With `--health-listen ADDR` it serves `/healthz` (alive), `/readyz` (the
+//! blob store and the broker answer; ffmpeg was found at start-up, or the
+//! worker would have exited) and `/metrics` (its queue consumer's counts)
+//! for Kubernetes probes and Prometheus, with no token and nothing else.
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use spindle_platform::admin::probes::{self, Probed};
+use spindle_platform::app::{Capability, Readiness, probe};
 use spindle_platform::capabilities::blobs::BlobStore;
 use spindle_platform::capabilities::queue::Broker;
 use spindle_platform::capabilities::variables::AppVariables;
+use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::Manifest;
+use spindle_platform::metrics::{ConversionMetrics, Metrics};
 use spindle_platform::runtime_config::RuntimeConfig;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +38,35 @@ struct Args {
     /// Where embedded backends keep their data (when no servers are configured).
     #[arg(long, default_value = ".spindle")]
     state_dir: PathBuf,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g.
+    /// 0.0.0.0:8081 for Kubernetes probes); none when not given.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+}
+
+/// What the health listener reports on: the backends the worker needs to
+/// convert anything, and the counts of its consumer.
+struct Health {
+    blobs: BlobStore,
+    broker: Broker,
+    metrics: Metrics,
+}
+
+impl Probed for Health {
+    async fn readiness(&self) -> Readiness {
+        let (blobs, queue) = tokio::join!(
+            probe("the blob store", self.blobs.ping()),
+            probe("the queue broker", self.broker.ping()),
+        );
+        Readiness::from_checks([
+            (Capability::Blobs, true, blobs),
+            (Capability::Queue, true, queue),
+        ])
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +102,15 @@ async fn run(args: Args) -> Result<()> {
                     .display()
             )
         })?;
+    // Bound first, so a taken address stops the worker before anything else.
+    let health_socket = match args.health_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for the health endpoints; pick another --health-listen"
+            )
+        })?),
+        None => None,
+    };
     let trigger = convert::trigger(&manifest, &config).with_context(|| {
         format!(
             "{} has no [[trigger.amqp]] with worker = \"{}\"; add one naming the queue to convert",
@@ -89,9 +138,41 @@ async fn run(args: Args) -> Result<()> {
     })
     .with_context(|| args.manifest.display().to_string())?;
     let settings = convert::app_settings(&variables)?;
-    let worker = convert::worker(blobs, broker.clone(), &config, &trigger, settings).await?;
+    let conversions = ConversionMetrics::default();
+    let worker = convert::worker(
+        blobs.clone(),
+        broker.clone(),
+        &config,
+        &trigger,
+        settings,
+        conversions.clone(),
+    )
+    .await?;
+    let metrics = Metrics::new(blobs.metrics());
+    metrics.register_conversions(&conversions);
     let mut options = trigger.consume_options();
     options.on_dead_letter = worker.on_dead_letter;
+    // The queue's series exist (at 0) from here, before any message.
+    options.metrics = Some(metrics.queue(&trigger.queue));
+    let health = Arc::new(Health {
+        blobs,
+        broker: broker.clone(),
+        metrics,
+    });
+    if let Some(socket) = health_socket {
+        println!(
+            "Health http://{} (/healthz, /readyz, /metrics)",
+            socket.local_addr()?
+        );
+        let hygiene = Hygiene::from_limits(&runtime_config.limits);
+        // Served until the process exits.
+        tokio::spawn(probes::serve(
+            socket,
+            health,
+            hygiene,
+            std::future::pending(),
+        ));
+    }
     let consumer = broker
         .consume(&trigger.queue, options, worker.handler)
         .await

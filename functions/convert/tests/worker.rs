@@ -184,9 +184,16 @@ async fn worker_on(
     let manifest = Manifest::load(&manifest(dir, "video")).unwrap();
     let config = ConvertConfig::from_section(Some(&toml::from_str(config).unwrap())).unwrap();
     let trigger = convert::trigger(&manifest, &config).unwrap();
-    let worker = convert::worker(blobs.clone(), broker.clone(), &config, &trigger, settings)
-        .await
-        .unwrap();
+    let worker = convert::worker(
+        blobs.clone(),
+        broker.clone(),
+        &config,
+        &trigger,
+        settings,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     Worker {
         blobs,
         broker,
@@ -949,4 +956,150 @@ async fn a_dead_lettered_job_fails_and_a_replay_converts_it() {
     let done = w.blobs.stat("videos", &video.id).await.unwrap();
     assert_eq!(meta(&done, "state").as_deref(), Some("done"));
     assert_eq!(w.blobs.find("mp3s", "job_id", "given-up").await.unwrap().len(), 1);
+
+/// `spindle-convert` with a health listener on a free port; killed when
+/// dropped.
+struct Probed {
+    child: std::process::Child,
+    /// The health listener's address.
+    addr: String,
+}
+
+impl Drop for Probed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the worker with `runtime_config` (TOML) and waits for the
+/// address its health listener prints.
+fn start_probed(dir: &Path, runtime_config: &str) -> Probed {
+    use std::io::BufRead;
+    let rc = dir.join("runtime.toml");
+    std::fs::write(&rc, runtime_config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spindle-convert"))
+        .arg("--manifest")
+        .arg(manifest(dir, "video"))
+        .arg("--runtime-config-file")
+        .arg(&rc)
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["--health-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Health http://")
+                .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+        })
+        .expect("the worker prints its health address");
+    // Read on, so the worker's later lines do not meet a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Probed { child, addr }
+}
+
+/// GET `path` (HTTP/1.0, so the answer ends with the connection): the
+/// status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_serves_health_readiness_and_its_queue_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // A job waits in the queue before the worker starts.
+    {
+        let blobs = BlobStore::connect(None, dir.path()).await.unwrap();
+        let broker = Broker::connect(None, dir.path(), &["video", "mp3"])
+            .await
+            .unwrap();
+        let video = store_video(&blobs, &short_video(dir.path()), "job-h").await;
+        broker
+            .publish("video", &message("job-h", &video.id))
+            .await
+            .unwrap();
+    }
+    let work = dir.path().join("work");
+    let w = start_probed(
+        dir.path(),
+        &format!("[convert]\nwork_dir = \"{}\"\n", work.display()),
+    );
+    let (status, body) = get(&w.addr, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&w.addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ready\""), "{body}");
+    // The consumer's counts: the queued job is converted and acked.
+    let acked = "spindle_queue_messages_acked_total{queue=\"video\"} 1\n";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let (status, metrics) = get(&w.addr, "/metrics");
+        assert_eq!(status, 200);
+        if metrics.contains(acked) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no ack counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("spindle_queue_messages_consumed_total{queue=\"video\"} 1\n"),
+        "{metrics}"
+    );
+    // The conversion: by outcome (every outcome shown), ffmpeg's time and
+    // the media seconds (the clip lasts 3 s).
+    for line in [
+        "spindle_conversions_total{outcome=\"done\"} 1\n",
+        "spindle_conversions_total{outcome=\"failed\"} 0\n",
+        "spindle_conversion_duration_seconds_count 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    let media: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spindle_conversion_media_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("media seconds counted");
+    assert!((2.5..3.5).contains(&media), "{media}");
+    assert_eq!(get(&w.addr, "/components").0, 404);
+    drop(w);
+
+    // A worker whose blob store does not answer is alive, not ready, and
+    // says which capability is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let w = start_probed(
+        other.path(),
+        &format!("[gridfs]\nurl = \"mongodb://{dead}\"\n"),
+    );
+    assert_eq!(get(&w.addr, "/healthz").0, 200);
+    let (status, body) = get(&w.addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["down"]["spindle:blobs"].is_string(), "{body}");
+    assert!(body["down"].get("spindle:queue").is_none(), "{body}");
 }

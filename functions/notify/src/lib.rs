@@ -209,7 +209,11 @@ async fn notify(body: &[u8], token: &str) -> Result<Done, Failure> {
 }
 
 /// Claims sending the job's email for this delivery; returns the stored claim.
-async fn claim_sending(job: &Mp3Ready, info: &store::FileInfo, token: &str) -> Result<String, Failure> {
+async fn claim_sending(
+    job: &Mp3Ready,
+    info: &store::FileInfo,
+    token: &str,
+) -> Result<String, Failure> {
     let now = now_ms();
     let current = get(&info.metadata, SENDING).filter(|v| !v.is_empty());
     if let Some(expires) = current.and_then(claim_expiry)

@@ -25,7 +25,7 @@ use crate::capabilities::outbound_http::{
 use crate::capabilities::queue::component::PublishState;
 use crate::capabilities::queue::{Broker, Consumer, Handler, Outcome, Worker};
 use crate::capabilities::variables::AppVariables;
-use crate::deploy::{Deployed, VersionRecord};
+use crate::deploy::VersionRecord;
 use crate::manifest::{AmqpTarget, Manifest};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -62,10 +62,6 @@ pub struct AppConfig {
     pub blobs: BlobStore,
     pub broker: Broker,
     pub mailer: Mailer,
-    /// Components hot-redeployed earlier (read from the blob store by
-    /// [`crate::deploy::load_deployed`]); they run instead of the manifest's
-    /// `source`.
-    pub deployed: HashMap<String, Deployed>,
     /// Names this host in version records (e.g. the pod name).
     pub host_id: String,
 }
@@ -108,8 +104,8 @@ pub(crate) struct Loader {
 /// What linking does about imports the component's grants do not cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ungranted {
-    /// Refuse the version: hot deploys and deployed versions at start-up
-    /// ([`crate::deploy::check_grants`]).
+    /// Refuse the version: hot deploys, and deployed versions read back
+    /// from the deploy records ([`crate::deploy::check_grants`]).
     Refuse,
     /// Link it and log a warning: the manifest's own source at start-up,
     /// which runs as Spin would, its calls failing with permission-denied.
@@ -222,6 +218,8 @@ pub struct App {
     listen_addr: SocketAddr,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work finishes.
     draining: std::sync::atomic::AtomicBool,
+    /// Whether the deploy records have been read (see [`Startup`]).
+    startup: tokio::sync::watch::Sender<Startup>,
     /// Requests reading their body ahead now (see the HTTP trigger).
     read_aheads: Arc<tokio::sync::Semaphore>,
     // Dropped last: instances must be gone before the engine's ticker stops.
@@ -242,7 +240,6 @@ impl App {
             blobs,
             broker,
             mailer,
-            mut deployed,
             host_id,
         } = config;
         let runtime = Runtime::new(runtime_config.limits.clone())?;
@@ -270,6 +267,9 @@ impl App {
         blobs.metrics().declare(crate::deploy::store::BUCKET);
         for bucket in manifest.components.values().flat_map(|c| &c.blob_buckets) {
             blobs.metrics().declare(bucket);
+        }
+        for id in manifest.components.keys() {
+            metrics.start_deploy_series(id);
         }
         let internal: InternalRouter = Arc::new(OnceLock::new());
 
@@ -305,44 +305,26 @@ impl App {
 
         let mut components = HashMap::new();
         let mut info = Vec::new();
+        // The manifest's versions; hot-redeployed ones replace them once the
+        // deploy records are read ([`App::start_deploys`]), before any
+        // request or message reaches a component.
         for (id, component) in &manifest.components {
             let started = Instant::now();
-            // A deployed version that no longer links (e.g. a grant was
-            // removed from the manifest since) falls back to the manifest's.
-            let redeployed = deployed.remove(id).and_then(|d| {
-                match loader.link(id, &d.wasm, Ungranted::Refuse) {
-                    Ok(linked) => Some((linked, d.wasm, d.record)),
-                    Err(e) => {
-                        tracing::warn!(
-                            component = %id,
-                            version = %d.record.short(),
-                            "cannot run the deployed version, using the manifest's: {e:#}"
-                        );
-                        None
-                    }
-                }
-            });
-            let (linked, wasm, record) = match redeployed {
-                Some(found) => found,
-                None => {
-                    let source = manifest.source_path(component);
-                    let wasm = std::fs::read(&source).with_context(|| {
-                        format!(
-                            "component `{id}`: cannot read {}; build it first (spindle build {id})",
-                            source.display()
-                        )
-                    })?;
-                    let linked = loader.link(id, &wasm, Ungranted::Warn)?;
-                    let record = VersionRecord::new(
-                        id,
-                        &linked.digest,
-                        crate::deploy::Action::Manifest,
-                        &source.display().to_string(),
-                        &host_id,
-                    );
-                    (linked, wasm.into(), record)
-                }
-            };
+            let source = manifest.source_path(component);
+            let wasm = std::fs::read(&source).with_context(|| {
+                format!(
+                    "component `{id}`: cannot read {}; build it first (spindle build {id})",
+                    source.display()
+                )
+            })?;
+            let linked = loader.link(id, &wasm, Ungranted::Warn)?;
+            let record = VersionRecord::new(
+                id,
+                &linked.digest,
+                crate::deploy::Action::Manifest,
+                &source.display().to_string(),
+                &host_id,
+            );
             info.push(ComponentInfo {
                 id: id.clone(),
                 digest: linked.digest.clone(),
@@ -354,12 +336,16 @@ impl App {
                 Running {
                     http: linked.http,
                     queue: linked.queue,
-                    wasm,
+                    wasm: wasm.into(),
                     record,
                 },
             );
         }
 
+        let startup = tokio::sync::watch::Sender::new(Startup::Waiting(format!(
+            "reading the deploy records from {}",
+            blobs.describe()
+        )));
         let app = Arc::new(App {
             router: Router::new(&manifest.http_routes),
             amqp_triggers: manifest.amqp_triggers.clone(),
@@ -375,6 +361,7 @@ impl App {
             mailer,
             listen_addr,
             draining: std::sync::atomic::AtomicBool::new(false),
+            startup,
             read_aheads: Arc::new(tokio::sync::Semaphore::new(
                 runtime_config.limits.max_read_aheads as usize,
             )),
@@ -419,6 +406,29 @@ impl App {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Records how far start-up is (see [`Startup`]).
+    pub(crate) fn set_startup(&self, startup: Startup) {
+        self.startup.send_replace(startup);
+    }
+
+    /// Waits up to `patience` for the deploy records to be read; `Err`
+    /// says what the host still waits for. Requests and probes that arrive
+    /// during a start-up that is about to finish are served, not refused.
+    async fn started_within(&self, patience: Duration) -> Result<(), String> {
+        if matches!(*self.startup.borrow(), Startup::Done) {
+            return Ok(());
+        }
+        let mut startup = self.startup.subscribe();
+        let done = startup.wait_for(|s| matches!(s, Startup::Done));
+        match tokio::time::timeout(patience, done).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => match &*self.startup.borrow() {
+                Startup::Waiting(why) => Err(why.clone()),
+                Startup::Done => Ok(()),
+            },
+        }
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
     }
@@ -455,14 +465,19 @@ impl App {
                         bail!("component `{id}` has no queue handler");
                     }
                     // Looked up per delivery, so a redeploy takes effect at
-                    // the next message while running ones finish on theirs.
+                    // the next message while running ones finish on theirs;
+                    // none runs before the deploy records are read, so a
+                    // deployed version is never preceded by the manifest's.
                     let components = self.components.clone();
+                    let startup = self.startup.subscribe();
                     let name = id.to_string();
                     let handler: Handler = Arc::new(move |delivery| {
-                        let component = running_queue(&components, &name);
+                        let (components, mut startup) = (components.clone(), startup.clone());
                         let id = name.clone();
                         Box::pin(async move {
-                            match component {
+                            // Ends only with the App, which outlives its consumers.
+                            let _ = startup.wait_for(|s| matches!(s, Startup::Done)).await;
+                            match running_queue(&components, &id) {
                                 Some(component) => component.invoke(delivery).await,
                                 None => {
                                     Outcome::Retry(format!("component `{id}` has no queue handler"))
@@ -523,6 +538,10 @@ impl App {
         route: &str,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
+        // A request waits for start-up as it would for a slot.
+        self.started_within(self.limits().queue_timeout())
+            .await
+            .map_err(InvokeError::Starting)?;
         let component = self.http_component(id).ok_or_else(|| InvokeError::Trap {
             component: id.to_string(),
             reason: "it is not an HTTP component of this application".into(),
@@ -534,43 +553,28 @@ impl App {
     /// granted decide readiness; the rest (e.g. mail, which only the queue
     /// handler notify uses) only degrade queue handlers, whose messages
     /// wait and are retried, so they are reported without making the host
-    /// unready.
+    /// unready. A host still reading its deploy records is not ready
+    /// either (given the probe's 2 s to finish).
     pub async fn readiness(&self) -> Readiness {
         let needs = self.http_needs();
+        // At once, so a probe takes one timeout however much is down.
+        let (starting, sql, blobs, queue, mail) = tokio::join!(
+            self.started_within(PROBE_TIMEOUT),
+            probe("the MySQL server", self.sql.ping()),
+            probe("the blob store", self.blobs.ping()),
+            probe("the queue broker", self.broker.ping()),
+            probe("the mail server", self.mailer.ping()),
+        );
         let checks = [
-            (
-                Capability::Sql,
-                needs.sql,
-                probe("the MySQL server", self.sql.ping()).await,
-            ),
-            (
-                Capability::Blobs,
-                needs.blobs,
-                probe("the blob store", self.blobs.ping()).await,
-            ),
-            (
-                Capability::Queue,
-                needs.queue,
-                probe("the queue broker", self.broker.ping()).await,
-            ),
-            (
-                Capability::Mail,
-                needs.mail,
-                probe("the mail server", self.mailer.ping()).await,
-            ),
+            (Capability::Sql, needs.sql, sql),
+            (Capability::Blobs, needs.blobs, blobs),
+            (Capability::Queue, needs.queue, queue),
+            (Capability::Mail, needs.mail, mail),
         ];
-        let mut readiness = Readiness::default();
-        for (capability, needed, result) in checks {
-            if let Err(e) = result {
-                let entry = (capability, format!("{e:#}"));
-                if needed {
-                    readiness.down.push(entry);
-                } else {
-                    readiness.degraded.push(entry);
-                }
-            }
+        Readiness {
+            starting: starting.err(),
+            ..Readiness::from_checks(checks)
         }
-        readiness
     }
 
     /// The capabilities the HTTP components (routed or private) are granted.
@@ -619,7 +623,48 @@ impl Capability {
 pub struct Readiness {
     pub down: Vec<(Capability, String)>,
     pub degraded: Vec<(Capability, String)>,
+    /// What start-up still waits for, if it has not finished.
+    pub starting: Option<String>,
 }
+
+impl Readiness {
+    /// Sorts the results of backend checks ([`probe`]): a failed one is
+    /// down when `needed` (by what the process serves), else degraded.
+    pub fn from_checks(
+        checks: impl IntoIterator<Item = (Capability, bool, anyhow::Result<()>)>,
+    ) -> Self {
+        let mut readiness = Readiness::default();
+        for (capability, needed, result) in checks {
+            if let Err(e) = result {
+                let entry = (capability, format!("{e:#}"));
+                if needed {
+                    readiness.down.push(entry);
+                } else {
+                    readiness.degraded.push(entry);
+                }
+            }
+        }
+        readiness
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.down.is_empty() && self.starting.is_none()
+    }
+}
+
+/// Where a process is in starting up. A host serves the manifest's
+/// versions of its components only once the deploy records say none was
+/// deployed instead; until it has read them (the blob store may come up
+/// after it), app routes answer 503 and `/readyz` says what it waits for.
+#[derive(Debug, Clone)]
+pub(crate) enum Startup {
+    /// Still reading the deploy records; why it has not finished.
+    Waiting(String),
+    Done,
+}
+
+/// How long a readiness check may take; the Kubernetes probes allow 3 s.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct HttpNeeds {
@@ -630,11 +675,11 @@ struct HttpNeeds {
 }
 
 /// Runs one backend check with a 2 s bound, naming the backend.
-async fn probe<E>(what: &str, check: impl Future<Output = Result<(), E>>) -> anyhow::Result<()>
+pub async fn probe<E>(what: &str, check: impl Future<Output = Result<(), E>>) -> anyhow::Result<()>
 where
     E: Into<anyhow::Error>,
 {
-    tokio::time::timeout(Duration::from_secs(2), check)
+    tokio::time::timeout(PROBE_TIMEOUT, check)
         .await
         .with_context(|| format!("{what} did not answer within 2s"))?
         .map_err(Into::into)

@@ -63,12 +63,102 @@ fn bucket_labels(bucket: &str) -> BucketLabels {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeployLabels {
+    pub component: String,
+    pub outcome: &'static str,
+}
+
+/// How a deploy or rollback through this host ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// A deploy (`spindle deploy`, or `up --watch`) now serves, or
+    /// already did.
+    Deployed,
+    /// Refused (it does not compile, link or fit its grants, or there is no
+    /// version to roll back to); the running version serves on.
+    Refused,
+    /// A rollback now serves the version before.
+    RolledBack,
+    /// The deploy store failed; nothing changed.
+    Failed,
+}
+
+impl DeployOutcome {
+    const ALL: [DeployOutcome; 4] = [
+        DeployOutcome::Deployed,
+        DeployOutcome::Refused,
+        DeployOutcome::RolledBack,
+        DeployOutcome::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DeployOutcome::Deployed => "deployed",
+            DeployOutcome::Refused => "refused",
+            DeployOutcome::RolledBack => "rolled_back",
+            DeployOutcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// The convert worker's counts: conversions by outcome, ffmpeg's time and
+/// the seconds of media converted. Every outcome's series exists from
+/// creation.
+#[derive(Clone, Debug)]
+pub struct ConversionMetrics {
+    outcomes: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    media_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Default for ConversionMetrics {
+    fn default() -> Self {
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["done", "failed", "retried"] {
+            outcomes.get_or_create(&OutcomeLabels { outcome });
+        }
+        ConversionMetrics {
+            outcomes,
+            // 0.1 s .. ~55 min
+            duration: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
+            media_seconds: Counter::default(),
+        }
+    }
+}
+
+impl ConversionMetrics {
+    /// A conversion ended `done` (`outcome = "done"`), `failed` or will be
+    /// `retried`.
+    pub fn ended(&self, outcome: &'static str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// ffmpeg converted `media_seconds` of media in `took`.
+    pub fn converted(&self, took: Duration, media_seconds: Option<f64>) {
+        self.duration.observe(took.as_secs_f64());
+        if let Some(seconds) = media_seconds.filter(|s| s.is_finite() && *s > 0.0) {
+            self.media_seconds.inc_by(seconds);
+        }
+    }
+}
+
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register a late family (the convert worker's) and to
+    /// encode a scrape.
+    registry: std::sync::Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<ComponentLabels, Histogram>,
     instantiation: Family<ComponentLabels, Histogram>,
     queue: QueueFamilies,
+    deploys: Family<DeployLabels, Counter>,
 }
 
 /// Per-queue message counts of the queue triggers.
@@ -171,12 +261,19 @@ impl Metrics {
             "Bytes read out of blob files, by bucket",
             blobs.read.clone(),
         );
+        let deploys = Family::<DeployLabels, Counter>::default();
+        registry.register(
+            "deploys",
+            "Deploys and rollbacks through this host, by component and outcome (deployed, refused, rolled_back, failed)",
+            deploys.clone(),
+        );
         Metrics {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             requests,
             latency,
             instantiation,
             queue,
+            deploys,
         }
     }
 
@@ -220,11 +317,54 @@ impl Metrics {
         }
     }
 
+    /// Makes `component`'s deploy series, at 0 for every outcome, so they
+    /// show before its first deploy.
+    pub fn start_deploy_series(&self, component: &str) {
+        for outcome in DeployOutcome::ALL {
+            self.deploy_counter(component, outcome);
+        }
+    }
+
+    pub fn record_deploy(&self, component: &str, outcome: DeployOutcome) {
+        self.deploy_counter(component, outcome).inc();
+    }
+
+    fn deploy_counter(&self, component: &str, outcome: DeployOutcome) -> Counter {
+        self.deploys
+            .get_or_create(&DeployLabels {
+                component: component.to_string(),
+                outcome: outcome.label(),
+            })
+            .clone()
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// Adds the convert worker's families (it is built before the host's
+    /// registry, to check ffmpeg first).
+    pub fn register_conversions(&self, conversions: &ConversionMetrics) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(
+            "conversions",
+            "Conversions this process ended, by outcome (done, failed, retried)",
+            conversions.outcomes.clone(),
+        );
+        registry.register(
+            "conversion_duration_seconds",
+            "Time ffmpeg took for one conversion",
+            conversions.duration.clone(),
+        );
+        registry.register(
+            "conversion_media_seconds",
+            "Seconds of media converted",
+            conversions.media_seconds.clone(),
+        );
     }
 }

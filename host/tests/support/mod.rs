@@ -550,13 +550,65 @@ pub fn convert_binary() -> PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace_root())
-        .args(["build", "-p", "convert", "--bin", "spindle-convert"]);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "convert",
+        "--bin",
+        "spindle-convert",
+    ]);
     if spindle.parent().is_some_and(|d| d.ends_with("release")) {
         build.arg("--release");
     }
-    let status = build.status().expect("running cargo build for spindle-convert");
+    let status = build
+        .status()
+        .expect("running cargo build for spindle-convert");
     assert!(status.success(), "building spindle-convert failed");
     path
+}
+
+/// A loopback port where nothing listens (for a server that comes up
+/// later, see [`forward`]).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// From now on, forwards connections to 127.0.0.1:`port` to `target`: a
+/// server "comes up" at an address a host was already told to use.
+pub fn forward(port: u16, target: String) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the port");
+    listener.set_nonblocking(true).unwrap();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
+/// Polls `{admin}/readyz` until it answers 200 (up to 60 s); returns how
+/// long that took.
+pub async fn until_ready(admin: &str) -> Duration {
+    let started = Instant::now();
+    let client = client();
+    loop {
+        if let Ok(r) = client.get(format!("{admin}/readyz")).send().await
+            && r.status() == 200
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{admin} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -36,6 +36,7 @@
 //! only. Connections have the limits of [`crate::listener`], and a deploy
 //! upload the minimum body rate (408 below it).
 
+pub mod probes;
 pub mod tls;
 pub mod token;
 
@@ -155,25 +156,15 @@ async fn route(
             _ => {}
         }
     }
-    match path {
-        "/healthz" => host_response(
-            StatusCode::OK,
-            "application/json",
-            r#"{"status":"ok"}"#.into(),
-        ),
-        // Components are compiled before the admin listener starts, so
-        // readiness is down to the backends answering.
-        "/readyz" if app.is_draining() => json_error(
+    if path == "/readyz" && app.is_draining() {
+        return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down; in-flight requests are finishing",
-        ),
-        "/readyz" => readyz(app.readiness().await),
-        "/metrics" => host_response(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            app.metrics().encode(),
-        ),
-        _ => json_error(
+        );
+    }
+    match probes::answer(app, path).await {
+        Some(response) => response,
+        None => json_error(
             StatusCode::NOT_FOUND,
             &format!(
                 "no admin endpoint {path}; try /healthz, /readyz, /metrics, /components, /queues/QUEUE/dead-letters or POST /queues/QUEUE/dead-letters/replay"
@@ -182,34 +173,16 @@ async fn route(
     }
 }
 
-/// `/readyz`: 503 naming what is down when a backend HTTP routes need does
-/// not answer; otherwise 200, listing the capabilities that are down but
-/// only degrade queue handlers.
-fn readyz(readiness: crate::app::Readiness) -> http::Response<WasiBody> {
-    let listed = |entries: &[(crate::app::Capability, String)]| {
-        entries
-            .iter()
-            .map(|(c, why)| (c.name().to_string(), serde_json::Value::from(why.as_str())))
-            .collect::<serde_json::Map<_, _>>()
-    };
-    if !readiness.down.is_empty() {
-        let reasons: Vec<String> = readiness.down.iter().map(|(_, why)| why.clone()).collect();
-        let body = serde_json::json!({
-            "error": format!("not ready: {}", reasons.join("; ")),
-            "down": listed(&readiness.down),
-            "degraded": listed(&readiness.degraded),
-        });
-        return host_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            body.to_string(),
-        );
+impl probes::Probed for App {
+    // Components are compiled before the admin listener starts, so
+    // readiness is down to the deploy records and the backends.
+    fn readiness(&self) -> impl Future<Output = crate::app::Readiness> + Send {
+        App::readiness(self)
     }
-    let body = serde_json::json!({
-        "status": if readiness.degraded.is_empty() { "ready" } else { "degraded" },
-        "degraded": listed(&readiness.degraded),
-    });
-    host_response(StatusCode::OK, "application/json", body.to_string())
+
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        App::metrics(self)
+    }
 }
 
 /// The deploy API; `rest` is the path after `/components`.

@@ -17,12 +17,15 @@
 //!    requests and deliveries that started keep their version.
 //! 4. **Announce** it on the broker's `spindle.deploys` broadcast; every
 //!    other host reads the component's latest record from the blob store
-//!    and swaps in the same artifact ([`App::follow_deploys`]).
+//!    and swaps in the same artifact ([`App::start_deploys`]).
 //!
 //! The blob store is the source of truth and events are only hints, so a
 //! host that missed one (a broker reconnect, a restart) catches up by
-//! re-reading the records, and a restarted host loads the deployed
-//! versions instead of the manifest's ([`load_deployed`]).
+//! re-reading the records, and a starting host swaps the deployed versions
+//! in for the manifest's before it serves anything. It reads the records
+//! until the blob store answers (a MongoDB may come up after the host),
+//! and meanwhile answers app routes with 503 and `/readyz` with what it
+//! waits for.
 //!
 //! History: records are replayed as a stack ([`history`]): a deploy pushes
 //! its version, a rollback pops the current one (and stands in for the
@@ -31,13 +34,12 @@
 
 pub(crate) mod store;
 
-use crate::app::{App, Linked, Running};
-use crate::capabilities::blobs::BlobStore;
+use crate::app::{App, Linked, Running, Startup};
 use crate::capabilities::queue::{BROADCAST_DEPLOYS, Signal};
-use crate::manifest::{AmqpTarget, Manifest};
+use crate::manifest::AmqpTarget;
+use crate::metrics::DeployOutcome;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,12 +125,6 @@ impl VersionRecord {
     }
 }
 
-/// A deployed version read back at start-up.
-pub struct Deployed {
-    pub wasm: Arc<[u8]>,
-    pub record: VersionRecord,
-}
-
 /// Why a deploy or rollback did not happen; nothing changed in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -145,6 +141,17 @@ pub enum DeployError {
 }
 
 impl DeployError {
+    /// How a deploy or rollback that ended in this error is counted; `None`
+    /// for a component the manifest does not have (no series is made for
+    /// names a client invents).
+    fn outcome(&self) -> Option<DeployOutcome> {
+        match self {
+            DeployError::NotFound { .. } => None,
+            DeployError::Refused(_) | DeployError::NoPrevious(_) => Some(DeployOutcome::Refused),
+            DeployError::Store(_) => Some(DeployOutcome::Failed),
+        }
+    }
+
     pub fn status(&self) -> http::StatusCode {
         match self {
             DeployError::NotFound { .. } => http::StatusCode::NOT_FOUND,
@@ -250,40 +257,9 @@ pub(crate) fn history(records: Vec<VersionRecord>) -> Vec<VersionRecord> {
     stack
 }
 
-/// Reads the current deployed version of every component of `manifest`
-/// that has one, for [`crate::app::AppConfig::deployed`].
-pub async fn load_deployed(
-    blobs: &BlobStore,
-    manifest: &Manifest,
-) -> anyhow::Result<HashMap<String, Deployed>> {
-    let mut deployed = HashMap::new();
-    for id in manifest.components.keys() {
-        let records = store::records(blobs, id)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the deploy records of `{id}`: {e:?}"))?;
-        let Some(current) = history(records).pop() else {
-            continue;
-        };
-        let wasm = store::artifact(blobs, &current.version)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the deployed version of `{id}`: {e:?}"))?;
-        tracing::info!(
-            component = %id,
-            version = %current.short(),
-            "running the deployed version ({} by {})",
-            current.action.as_str(),
-            current.host
-        );
-        deployed.insert(
-            id.clone(),
-            Deployed {
-                wasm: wasm.into(),
-                record: current,
-            },
-        );
-    }
-    Ok(deployed)
-}
+/// The longest pause between attempts to read the deploy records at
+/// start-up (as for the queue consumers' reconnects).
+const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The deploy event sent to every host; it only says where to look.
 #[derive(Serialize, Deserialize)]
@@ -336,8 +312,43 @@ impl App {
 
     /// Makes `wasm` the running version of component `id` here, records it
     /// in the blob store and tells the other hosts. `source` says where the
-    /// bytes came from.
+    /// bytes came from. Counted in `spindle_deploys_total`.
     pub async fn deploy(
+        &self,
+        id: &str,
+        wasm: Vec<u8>,
+        action: Action,
+        source: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let result = self.deploy_uncounted(id, wasm, action, source).await;
+        self.count_deploy(id, &result, DeployOutcome::Deployed);
+        result
+    }
+
+    /// Returns component `id` to the version before the current one.
+    /// Counted in `spindle_deploys_total`.
+    pub async fn rollback(&self, id: &str) -> Result<DeployReport, DeployError> {
+        let result = self.rollback_uncounted(id).await;
+        self.count_deploy(id, &result, DeployOutcome::RolledBack);
+        result
+    }
+
+    fn count_deploy(
+        &self,
+        id: &str,
+        result: &Result<DeployReport, DeployError>,
+        success: DeployOutcome,
+    ) {
+        let outcome = match result {
+            Ok(_) => Some(success),
+            Err(e) => e.outcome(),
+        };
+        if let Some(outcome) = outcome {
+            self.metrics().record_deploy(id, outcome);
+        }
+    }
+
+    async fn deploy_uncounted(
         &self,
         id: &str,
         wasm: Vec<u8>,
@@ -380,8 +391,7 @@ impl App {
         })
     }
 
-    /// Returns component `id` to the version before the current one.
-    pub async fn rollback(&self, id: &str) -> Result<DeployReport, DeployError> {
+    async fn rollback_uncounted(&self, id: &str) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         self.running(id)?;
         let _one_at_a_time = self.deploy_lock.lock().await;
@@ -476,25 +486,55 @@ impl App {
         Ok(())
     }
 
-    async fn catch_up_all(&self) {
+    /// Brings every component to its latest recorded version. One whose
+    /// version does not link (e.g. a grant was removed from the manifest
+    /// since) keeps the version it runs, with a warning; a blob store that
+    /// does not answer ends the round with its error.
+    async fn catch_up_all(&self) -> Result<(), DeployError> {
         for id in self.loader.manifest.components.keys() {
-            if let Err(e) = self.catch_up(id).await {
-                tracing::warn!(component = %id, "cannot apply the deployed version: {e}");
+            match self.catch_up(id).await {
+                Ok(()) => {}
+                Err(e @ DeployError::Store(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(component = %id, "cannot run the deployed version, keeping the running one: {e}");
+                }
             }
         }
+        Ok(())
     }
 
-    /// Follows deploys made through other hosts: subscribes to the deploy
-    /// broadcast (so a failure shows at start-up), catches up once with
-    /// what was deployed meanwhile, then applies each announced deploy in
-    /// the background until the returned task is aborted.
-    pub async fn follow_deploys(
+    /// Reads the deploy records until the blob store answers, backing off
+    /// up to [`MAX_STARTUP_BACKOFF`] between attempts, then lets requests
+    /// and messages through (see [`Startup`]).
+    async fn finish_startup(&self) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = self.catch_up_all().await {
+            let why = format!(
+                "reading the deploy records from {}: {e}",
+                self.blobs().describe()
+            );
+            tracing::warn!("{why}; retrying in {backoff:?}");
+            self.set_startup(Startup::Waiting(why));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+        }
+        self.set_startup(Startup::Done);
+        tracing::info!("deploy records read in {:.1?}; serving", started.elapsed());
+    }
+
+    /// Finishes start-up and follows deploys made through other hosts:
+    /// subscribes to the deploy broadcast (so a failure shows at
+    /// start-up), then in the background reads the deploy records (see
+    /// [`Self::finish_startup`]) and applies each announced deploy until
+    /// the returned task is aborted. Nothing is served before it is called.
+    pub async fn start_deploys(
         self: &Arc<Self>,
     ) -> Result<tokio::task::JoinHandle<()>, crate::capabilities::queue::QueueError> {
         let mut subscription = self.broker().subscribe(BROADCAST_DEPLOYS).await?;
         let app = self.clone();
         Ok(tokio::spawn(async move {
-            app.catch_up_all().await;
+            app.finish_startup().await;
             while let Some(signal) = subscription.next().await {
                 match signal {
                     Signal::Message(body) => match serde_json::from_slice::<Event>(&body) {
@@ -507,7 +547,11 @@ impl App {
                         Err(e) => tracing::warn!("ignoring a malformed deploy event: {e}"),
                     },
                     // Events may have been missed while disconnected.
-                    Signal::Resubscribed => app.catch_up_all().await,
+                    Signal::Resubscribed => {
+                        if let Err(e) = app.catch_up_all().await {
+                            tracing::warn!("cannot catch up with deploys after resubscribing: {e}");
+                        }
+                    }
                 }
             }
         }))

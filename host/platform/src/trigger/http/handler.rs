@@ -38,6 +38,9 @@ pub enum InvokeError {
     Overloaded(#[from] Overloaded),
     #[error("{0}")]
     BodyTooSlow(super::body::BodyTooSlow),
+    /// The host has not finished starting (it waits for a backend).
+    #[error("the host is starting and does not serve yet: {0}; retry shortly")]
+    Starting(String),
 }
 
 impl InvokeError {
@@ -45,9 +48,9 @@ impl InvokeError {
         match self {
             InvokeError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
             InvokeError::BodyTooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
-            InvokeError::Instantiation { .. } | InvokeError::Overloaded(_) => {
-                http::StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::Instantiation { .. }
+            | InvokeError::Overloaded(_)
+            | InvokeError::Starting(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Memory { .. } | InvokeError::Trap { .. } => {
                 http::StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -59,6 +62,7 @@ impl InvokeError {
         match self {
             InvokeError::Overloaded(o) => Some(o.retry_after_secs()),
             InvokeError::Instantiation { .. } => Some(1),
+            InvokeError::Starting(_) => Some(STARTING_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -81,6 +85,10 @@ impl InvokeError {
         response
     }
 }
+
+/// `Retry-After` while the host is starting: about the longest pause
+/// between its attempts to reach the blob store.
+const STARTING_RETRY_AFTER_SECS: u64 = 5;
 
 /// Runs one HTTP component.
 pub struct HttpComponent {
