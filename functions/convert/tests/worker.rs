@@ -198,7 +198,9 @@ async fn worker_on(
         blobs,
         broker,
         handler: worker.handler,
-        on_dead_letter: worker.on_dead_letter.expect("the worker marks given-up jobs failed"),
+        on_dead_letter: worker
+            .on_dead_letter
+            .expect("the worker marks given-up jobs failed"),
     }
 }
 
@@ -936,18 +938,32 @@ async fn a_dead_lettered_job_fails_and_a_replay_converts_it() {
     hook("gave up after 5 deliveries").await.unwrap();
     let after = w.blobs.stat("videos", &video.id).await.unwrap();
     assert_eq!(meta(&after, "state").as_deref(), Some("failed"));
-    assert_eq!(meta(&after, "error").as_deref(), Some("gave up after 5 deliveries"));
+    assert_eq!(
+        meta(&after, "error").as_deref(),
+        Some("gave up after 5 deliveries")
+    );
     assert_eq!(after.length, video.length, "kept for a replay");
     // Another message's hook, or a second call, changes nothing.
     let forged = message("someone-else", &video.id);
-    (w.on_dead_letter.0)(delivery(forged, 1), "x".into()).await.unwrap();
+    (w.on_dead_letter.0)(delivery(forged, 1), "x".into())
+        .await
+        .unwrap();
     hook("again").await.unwrap();
     let still = w.blobs.stat("videos", &video.id).await.unwrap();
-    assert_eq!(meta(&still, "error").as_deref(), Some("gave up after 5 deliveries"));
+    assert_eq!(
+        meta(&still, "error").as_deref(),
+        Some("gave up after 5 deliveries")
+    );
 
     // A plain redelivery leaves the failed job alone; a replay converts it.
     assert_eq!((w.handler)(delivery(body.clone(), 1)).await, Outcome::Ack);
-    assert!(w.blobs.find("mp3s", "job_id", "given-up").await.unwrap().is_empty());
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "given-up")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let replay = Delivery {
         replayed: true,
         ..delivery(body, 1)
@@ -955,7 +971,15 @@ async fn a_dead_lettered_job_fails_and_a_replay_converts_it() {
     assert_eq!((w.handler)(replay).await, Outcome::Ack);
     let done = w.blobs.stat("videos", &video.id).await.unwrap();
     assert_eq!(meta(&done, "state").as_deref(), Some("done"));
-    assert_eq!(w.blobs.find("mp3s", "job_id", "given-up").await.unwrap().len(), 1);
+    assert_eq!(
+        w.blobs
+            .find("mp3s", "job_id", "given-up")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
 
 /// `spindle-convert` with a health listener on a free port; killed when
 /// dropped.
