@@ -121,7 +121,7 @@ impl Default for ConversionMetrics {
     fn default() -> Self {
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["done", "failed", "retried"] {
-            outcomes.get_or_create(&OutcomeLabels { outcome });
+            let _ = outcomes.get_or_create(&OutcomeLabels { outcome });
         }
         ConversionMetrics {
             outcomes,
