@@ -305,9 +305,11 @@ async fn the_outbox_writes_one_eml_per_message() {
     assert_eq!(files.len(), 3, "{files:?}");
     for file in &files {
         let name = file.file_name().unwrap().to_str().unwrap();
-        assert!(name.ends_with(".eml") && !name.starts_with('.'), "{name}");
-        let (millis, _) = name.split_once('-').unwrap();
-        assert_eq!(millis.len(), 13, "{name}");
+        let digest = name.strip_suffix(".eml").unwrap();
+        assert!(
+            digest.len() == 32 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
         let message = Received {
             mail_from: String::new(),
             rcpt_to: Vec::new(),
@@ -319,6 +321,19 @@ async fn the_outbox_writes_one_eml_per_message() {
         let id = message.header("Message-ID").unwrap();
         assert!(ids.contains(&id), "{id} not in {ids:?}");
     }
+
+    // The same Message-ID again (a redelivered job) writes nothing new.
+    let again = Email {
+        message_id: Some("job-7@spindle.test".into()),
+        ..email.clone()
+    };
+    mailer.send(&again).await.unwrap();
+    mailer.send(&again).await.unwrap();
+    assert_eq!(
+        outbox_files(state.path()).len(),
+        4,
+        "one file per Message-ID"
+    );
 }
 
 fn assert_delivered_headers(message: &Received, email: &Email) {

@@ -732,15 +732,12 @@ async fn dead_letters_are_bounded(backend: &Backend) {
         .consume(&queue, bounded, reject)
         .await
         .expect("consume");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let kept = loop {
-        let dead = broker.dead_letters(&queue, 10).await.expect("dead");
-        if dead.len() <= 1 || tokio::time::Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // The trim runs when the consumer starts. Not polled meanwhile: on
+    // RabbitMQ a listing holds the dead letters it reads, hiding them from
+    // the trim's count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     consumer.stop().await;
+    let kept = broker.dead_letters(&queue, 10).await.expect("dead");
     assert_eq!(kept.len(), 1, "{kept:?}");
     // The head goes first. On RabbitMQ, reading dead letters (as the wait
     // above did) requeues them, which may reorder the queue.
