@@ -176,14 +176,24 @@ async fn notify(body: &[u8], token: &str) -> Result<Done, Failure> {
     let claim = claim_sending(&job, &info, token).await?;
     // `info.id` is the store's canonical spelling of the fid.
     let ready = email::compose(&job, &info.id, &public_url);
-    let message_id = mailer::send(mailer::Message {
+    let sent = mailer::send(mailer::Message {
         to: vec![ready.to.clone()],
         subject: ready.subject,
         text: ready.text,
         message_id: Some(ready.message_id),
     })
-    .await
-    .map_err(|e| mail_failure(&job, e))?;
+    .await;
+    let message_id = match sent {
+        Ok(id) => id,
+        Err(e) => {
+            // Nothing went out: let the next delivery claim it at once
+            // rather than wait out the lease (best effort; it runs out anyway).
+            let expect = vec![(SENDING.to_string(), Some(claim))];
+            let release = vec![(SENDING.to_string(), String::new())];
+            let _ = store::update_metadata_if(BUCKET.to_string(), info.id, expect, release).await;
+            return Err(mail_failure(&job, e));
+        }
+    };
     let record = vec![
         (NOTIFIED.to_string(), message_id.clone()),
         (SENDING.to_string(), String::new()),

@@ -28,6 +28,10 @@ const READ_CHUNK: usize = 256 * 1024;
 /// milliseconds, so an hour only ever finds the remains of a crash, also
 /// when another process (a separate convert worker) shares the directory.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(3600);
+/// How long data may wait for its description: the description is written
+/// right after the data is synced and renamed, so older data without one
+/// was left by a writer that died in between.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// The prefix `tempfile` gives the files it creates.
 const TEMP_PREFIX: &str = ".tmp";
@@ -436,13 +440,14 @@ fn buckets(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
-/// Removes what interrupted writes left, untouched for `LEFTOVER_GRACE`:
-/// `tempfile`'s temp files (an upload or a description being written) and
-/// data files without a description. Removing such a data file is safe
-/// because a file's data is persisted before its description is written:
-/// data without a description was never acknowledged (its `create` failed
-/// or crashed before the description), nobody can reach it, and it will
-/// not get a description later (the grace period outlasts any `create`).
+/// Removes what interrupted writes left: `tempfile`'s temp files (an
+/// upload or a description being written) untouched for `LEFTOVER_GRACE`,
+/// and data files without a description untouched for `ORPHAN_GRACE`.
+/// Removing such a data file is safe because a file's data is persisted
+/// before its description is written: data without a description was
+/// never acknowledged (its `create` failed or crashed before the
+/// description), nobody can reach it, and it will not get a description
+/// later (its writer writes it right after the data).
 fn remove_leftovers(dir: &Path, now: SystemTime) -> anyhow::Result<()> {
     use anyhow::Context;
     for (_, bucket_dir) in buckets(dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -453,14 +458,16 @@ fn remove_leftovers(dir: &Path, now: SystemTime) -> anyhow::Result<()> {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let leftover = name.starts_with(TEMP_PREFIX)
+            let temp = name.starts_with(TEMP_PREFIX);
+            let leftover = temp
                 || name
                     .strip_suffix(".data")
                     .is_some_and(|id| !bucket_dir.join(format!("{id}.json")).exists());
+            let grace = if temp { LEFTOVER_GRACE } else { ORPHAN_GRACE };
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > LEFTOVER_GRACE));
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > grace));
             if leftover && old {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => removed += 1,

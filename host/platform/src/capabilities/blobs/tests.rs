@@ -485,6 +485,14 @@ async fn opening_the_files_store_removes_what_crashed_writes_left() {
     let orphan = bucket.join(format!("{}.data", ObjectId::new()));
     std::fs::write(&orphan, b"bytes").unwrap();
     age_file(&orphan, two_hours);
+    // ...also when its writer died only two minutes ago (data gets its
+    // description at once; an upload may run for long)...
+    let recent_orphan = bucket.join(format!("{}.data", ObjectId::new()));
+    std::fs::write(&recent_orphan, b"bytes").unwrap();
+    age_file(&recent_orphan, std::time::Duration::from_secs(120));
+    let recent_tmp = bucket.join(".tmpJ1k2L3");
+    std::fs::write(&recent_tmp, b"partial").unwrap();
+    age_file(&recent_tmp, std::time::Duration::from_secs(120));
     // ...and the same from writes still running (another process's).
     let fresh_tmp = bucket.join(".tmpG7h8I9");
     std::fs::write(&fresh_tmp, b"partial").unwrap();
@@ -501,6 +509,7 @@ async fn opening_the_files_store_removes_what_crashed_writes_left() {
         .collect();
     left.sort();
     let mut expected = vec![
+        recent_tmp,
         fresh_tmp,
         fresh_data,
         bucket.join(format!("{}.data", kept.id)),
