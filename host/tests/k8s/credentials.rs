@@ -565,14 +565,33 @@ async fn the_app_runs_on_the_users_and_grants_k8s_creates() {
             .arg(host_config.display().to_string())
     };
 
-    // The roles before the fix: the host cannot read its deploy records.
-    let stderr = support::up_fails(with_env(up_options(), &env("spindle-old")));
-    assert!(
-        stderr.contains(&format!(
-            "not authorized on {DEPLOY_BUCKET} to execute command"
-        )),
-        "a host without a role on `{DEPLOY_BUCKET}` fails plainly at start-up:\n{stderr}"
-    );
+    // The roles before the fix: the host cannot read its deploy records,
+    // so it never turns ready, and /readyz says why.
+    let refused = support::up(with_env(up_options(), &env("spindle-old")));
+    let needle = format!("not authorized on {DEPLOY_BUCKET} to execute command");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = support::client()
+            .get(format!("{}/readyz", refused.admin))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert_eq!(
+            status, 503,
+            "a host without a role on `{DEPLOY_BUCKET}` is not ready: {body}"
+        );
+        if body.contains(&needle) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the refusal: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(refused);
 
     // The roles of create-app-user.js: an upload converts to done.
     let env = env("spindle");
