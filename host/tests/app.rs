@@ -862,9 +862,9 @@ async fn faults_lose_nothing_and_do_nothing_twice() {
     let mongo = mongo_wire::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mongo_gate = support::gate::Gate::open_to(mongo.addr()).await;
+    let mongo_gate = support::gate::Gate::open_to(mongo.addr().to_string()).await;
     let smtp = SmtpServer::start(TlsMode::Plain);
-    let smtp_gate = support::gate::Gate::open_to(smtp.addr()).await;
+    let smtp_gate = support::gate::Gate::open_to(smtp.addr().to_string()).await;
     let gridfs = format!("mongodb://{}", mongo_gate.addr());
 
     let dir = tempfile::tempdir().unwrap();

@@ -332,7 +332,7 @@ async fn auth_on_mariadb() {
     let msg = expect_json_error(r, 500).await;
     assert!(msg.contains("cannot reach the MySQL server"), "{msg}");
 
-    support::forward(port, target);
+    let _mariadb = support::gate::Gate::open_at(port, target).await;
     let waited = support::until_ready(&s.admin).await;
     println!("MariaDB reachable → /readyz 200: {waited:?}");
     let email = flows(&s).await;

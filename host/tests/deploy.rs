@@ -622,7 +622,7 @@ async fn a_host_waits_for_a_late_mongodb_then_serves_its_deployed_version() {
 
     // MongoDB comes up at that address a few seconds later.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    support::forward(port, mongo.addr().to_string());
+    let _mongodb = support::gate::Gate::open_at(port, mongo.addr().to_string()).await;
     let waited = support::until_ready(&b.admin).await;
     println!("MongoDB reachable → /readyz 200: {waited:?}");
     assert_eq!(

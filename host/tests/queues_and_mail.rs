@@ -291,7 +291,7 @@ async fn the_host_starts_before_rabbitmq_and_consumes_once_it_answers() {
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("queue broker"));
 
-    support::forward(port, target);
+    let _rabbitmq = support::gate::Gate::open_at(port, target).await;
     support::until_ready(&s.admin).await;
     let resp = client
         .post(format!("{}/publish/{queue}", s.url))

@@ -2,7 +2,8 @@
 //! open; closed, it cuts every connection and refuses new ones (nothing
 //! listens on its port), which is what a client sees of a stopped server.
 //! For the in-memory test servers (MongoDB wire protocol, SMTP), whose data
-//! would not survive a real stop.
+//! would not survive a real stop, and for a server that "comes up" at an
+//! address a host was told to use before ([`Gate::open_at`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,8 @@ use tokio::task::JoinHandle;
 
 pub struct Gate {
     addr: SocketAddr,
-    target: SocketAddr,
+    /// `host:port` of the server behind the gate.
+    target: String,
     running: Mutex<Option<Running>>,
 }
 
@@ -22,12 +24,19 @@ struct Running {
 
 impl Gate {
     /// Opens a gate on a free loopback port, forwarding to `target`.
-    pub async fn open_to(target: SocketAddr) -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("gate port");
+    pub async fn open_to(target: impl Into<String>) -> Gate {
+        Gate::open_at(0, target).await
+    }
+
+    /// Opens a gate on loopback `port` (0: a free one), forwarding to `target`.
+    pub async fn open_at(port: u16, target: impl Into<String>) -> Gate {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("gate port");
         let addr = listener.local_addr().expect("gate address");
         let gate = Gate {
             addr,
-            target,
+            target: target.into(),
             running: Mutex::new(None),
         };
         gate.serve(listener);
@@ -66,12 +75,13 @@ impl Gate {
 
     fn serve(&self, listener: TcpListener) {
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let target = self.target;
+        let target = self.target.clone();
         let tracked = connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });

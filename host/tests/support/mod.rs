@@ -568,30 +568,12 @@ pub fn convert_binary() -> PathBuf {
 }
 
 /// A loopback port where nothing listens (for a server that comes up
-/// later, see [`forward`]).
+/// later, see [`gate::Gate::open_at`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// From now on, forwards connections to 127.0.0.1:`port` to `target`: a
-/// server "comes up" at an address a host was already told to use.
-pub fn forward(port: u16, target: String) {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the port");
-    listener.set_nonblocking(true).unwrap();
-    tokio::spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
 }
 
 /// Polls `{admin}/readyz` until it answers 200 (up to 60 s); returns how
