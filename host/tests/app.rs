@@ -603,6 +603,27 @@ async fn video_to_mp3_on_real_servers() {
 }
 
 impl Client {
+    /// Uploads `video` again and again (while the backends recover) until
+    /// one is accepted, for at most `patience`; returns the 202 body.
+    async fn upload_once_accepted(&self, token: &str, video: &[u8], patience: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let part = reqwest::multipart::Part::bytes(video.to_vec()).file_name("f.mp4");
+            let resp = self
+                .upload_parts(token, reqwest::multipart::Form::new().part("file", part))
+                .await;
+            if resp.status() == 202 {
+                return resp.json::<Value>().await.unwrap();
+            }
+            assert!(
+                started.elapsed() < patience,
+                "no upload accepted within {patience:?}: {}",
+                resp.status()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Logs an existing account in; returns the JWT.
     async fn login(&self, email: &str) -> String {
         let basic = base64::engine::general_purpose::STANDARD
@@ -955,20 +976,9 @@ async fn faults_lose_nothing_and_do_nothing_twice() {
     }
     node.close_all_connections().unwrap();
     let t = Instant::now();
-    let job = loop {
-        let part = reqwest::multipart::Part::bytes(video.clone()).file_name("f.mp4");
-        let resp = client
-            .upload_parts(&token, reqwest::multipart::Form::new().part("file", part))
-            .await;
-        if resp.status() == 202 {
-            break resp.json::<Value>().await.unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no upload after the connections closed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let job = client
+        .upload_once_accepted(&token, &video, Duration::from_secs(60))
+        .await;
     accepted.push((token.clone(), job["job_id"].as_str().unwrap().into()));
     faults.push(format!(
         "RabbitMQ connections closed: uploads accepted again after {:.1?}",
@@ -984,20 +994,9 @@ async fn faults_lose_nothing_and_do_nothing_twice() {
     .await
     .unwrap();
     let t = Instant::now();
-    let probe = loop {
-        let part = reqwest::multipart::Part::bytes(video.clone()).file_name("f.mp4");
-        let resp = client
-            .upload_parts(&token, reqwest::multipart::Form::new().part("file", part))
-            .await;
-        if resp.status() == 202 {
-            break resp.json::<Value>().await.unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "no upload after the broker restart"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let probe = client
+        .upload_once_accepted(&token, &video, Duration::from_secs(90))
+        .await;
     let probe_id: String = probe["job_id"].as_str().unwrap().into();
     accepted.push((token.clone(), probe_id.clone()));
     assert_eq!(
