@@ -5,9 +5,8 @@ use crate::cli::UpArgs;
 use anyhow::{Context, Result, bail};
 use spindle_platform::admin::AdminListener;
 use spindle_platform::app::{App, AppConfig};
-use spindle_platform::capabilities::blobs::BlobStore;
-use spindle_platform::capabilities::mail::Mailer;
-use spindle_platform::capabilities::queue::Broker;
+use spindle_platform::capabilities::Backends;
+use spindle_platform::capabilities::capability::BackendEnv;
 use spindle_platform::capabilities::variables::AppVariables;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::AmqpTarget;
@@ -26,6 +25,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || crate::builder::build(&m, &[])).await??;
     }
     let manifest = Manifest::load(&args.manifest)?;
+    spindle_platform::capabilities::registry::grants(&manifest)?;
     tracing::info!(
         app = %manifest.application.name,
         version = manifest.application.version.as_deref().unwrap_or("-"),
@@ -36,7 +36,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
     };
-    refuse_default_secrets(&args, &manifest, &runtime_config)?;
     let hygiene = Hygiene::from_limits(&runtime_config.limits);
     let min_body_rate = MinRate::from_limits(&runtime_config.limits);
     let convert_config = convert::ConvertConfig::from_section(runtime_config.convert.as_ref())
@@ -60,49 +59,28 @@ pub async fn run(args: UpArgs) -> Result<()> {
     } else {
         None
     };
-    let blobs = BlobStore::connect(
-        runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
-        &args.state_dir,
-    )
-    .await?;
-    // Every queue a trigger consumes or a component publishes to is declared.
-    let mut queues: Vec<&str> = manifest
-        .amqp_triggers
+    // Every queue a trigger consumes or a component publishes to is
+    // declared, and those the convert worker publishes to when it runs here.
+    let extra_queues: Vec<&str> = convert_trigger
         .iter()
-        .map(|t| t.queue.as_str())
-        .chain(
-            manifest
-                .components
-                .values()
-                .flat_map(|c| c.publish_queues.iter().map(String::as_str)),
-        )
-        .chain(
-            convert_trigger
-                .iter()
-                .flat_map(|_| convert::PUBLISHES.iter().copied()),
-        )
+        .flat_map(|_| convert::PUBLISHES.iter().copied())
         .collect();
-    queues.sort_unstable();
-    queues.dedup();
-    let broker = Broker::connect(
-        runtime_config.amqp.as_ref().map(|a| a.url.as_str()),
-        &args.state_dir,
-        &queues,
-    )
+    let backends = Backends::build(&BackendEnv {
+        manifest: &manifest,
+        runtime_config: &runtime_config,
+        state_dir: &args.state_dir,
+        variable_flags: &args.variables,
+        extra_queues: &extra_queues,
+    })
     .await?;
-    let mailer = Mailer::from_config(runtime_config.smtp.as_ref(), &args.state_dir)?;
+    refuse_default_secrets(&args, &manifest, &backends.variables)?;
     let mut workers = HashMap::new();
     let conversions = ConversionMetrics::default();
     if let Some(trigger) = &convert_trigger {
-        let variables =
-            AppVariables::resolve(&manifest, &args.variables, &runtime_config.variables, |k| {
-                std::env::var(k).ok()
-            })
-            .with_context(|| args.manifest.display().to_string())?;
-        let settings = convert::app_settings(&variables)?;
+        let settings = convert::app_settings(&backends.variables)?;
         let worker = convert::worker(
-            blobs.clone(),
-            broker.clone(),
+            backends.blobs.clone(),
+            backends.queue.clone(),
             &convert_config,
             trigger,
             settings,
@@ -136,16 +114,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let config = AppConfig {
         manifest,
         runtime_config,
-        variable_flags: args.variables.clone(),
         cache_dir: args
             .cache_dir
             .clone()
             .unwrap_or_else(|| args.state_dir.join("cache")),
-        state_dir: args.state_dir.clone(),
         listen_addr,
-        blobs,
-        broker,
-        mailer,
+        backends,
         host_id: host_id(listen_addr),
     };
     let app = tokio::task::spawn_blocking(move || App::load(config)).await??;
@@ -165,10 +139,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
             c.load_time
         );
     }
-    tracing::info!("spin:mysql `default`: {}", app.sql().describe());
-    tracing::info!("spindle:blobs: {}", app.blobs().describe());
-    tracing::info!("spindle:queue: {}", app.broker().describe());
-    tracing::info!("spindle:mail: {}", app.mailer().describe());
+    for (capability, backend) in app.backends().describe() {
+        tracing::info!("{capability}: {backend}");
+    }
     let consumers = app.start_queue_triggers(&workers).await?;
     // Hot-redeployed versions replace the manifest's before anything is
     // served (the blob store may answer only later; until then app routes
@@ -217,7 +190,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = signalled.wait_for(|s| *s).await;
         stop_consumers(consumers, drain).await
     });
-    spindle_platform::trigger::http::serve(listener, hygiene, app.clone(), shutdown, drain).await;
+    spindle_platform::trigger::http::serve(listener, hygiene, app.http().clone(), shutdown, drain)
+        .await;
     match consumers_stopped.await {
         Ok(0) => {}
         Ok(late) => tracing::warn!(
@@ -227,7 +201,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
-    app.sql().close().await;
+    app.backends().mysql.close().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -238,16 +212,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
 fn refuse_default_secrets(
     args: &UpArgs,
     manifest: &Manifest,
-    runtime_config: &RuntimeConfig,
+    variables: &AppVariables,
 ) -> Result<()> {
     if args.listen.ip().is_loopback() {
         return Ok(());
     }
-    let variables =
-        AppVariables::resolve(manifest, &args.variables, &runtime_config.variables, |k| {
-            std::env::var(k).ok()
-        })
-        .with_context(|| manifest.path.display().to_string())?;
     let Some(first) = variables.secrets_on_default().first() else {
         return Ok(());
     };
@@ -316,7 +285,7 @@ fn host_id(listen: std::net::SocketAddr) -> String {
 fn print_routes(app: &App, listen: std::net::SocketAddr, admin: &str) {
     println!("Serving http://{listen}");
     println!("Available Routes:");
-    for route in app.router().routes() {
+    for route in app.http().router().routes() {
         let suffix = match &route.route {
             RoutePattern::Wildcard(_) => " (wildcard)",
             _ => "",

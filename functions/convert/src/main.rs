@@ -10,10 +10,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use spindle_platform::admin::probes::{self, Probed};
-use spindle_platform::app::{Capability, Readiness, probe};
-use spindle_platform::capabilities::blobs::BlobStore;
-use spindle_platform::capabilities::queue::Broker;
-use spindle_platform::capabilities::variables::AppVariables;
+use spindle_platform::capabilities::blobs::Blobs;
+use spindle_platform::capabilities::capability::BackendEnv;
+use spindle_platform::capabilities::queue::component::Publisher;
+use spindle_platform::capabilities::{Backends, Capability};
+use spindle_platform::lifecycle::Readiness;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::Manifest;
 use spindle_platform::metrics::{ConversionMetrics, Metrics};
@@ -47,21 +48,16 @@ struct Args {
 /// What the health listener reports on: the backends the worker needs to
 /// convert anything, and the counts of its consumer.
 struct Health {
-    blobs: BlobStore,
-    broker: Broker,
+    backends: Backends,
     metrics: Metrics,
 }
 
+/// The capabilities the worker converts with; both decide readiness.
+const NEEDS: &[&str] = &[Blobs::NAME, Publisher::NAME];
+
 impl Probed for Health {
     async fn readiness(&self) -> Readiness {
-        let (blobs, queue) = tokio::join!(
-            probe("the blob store", self.blobs.ping()),
-            probe("the queue broker", self.broker.ping()),
-        );
-        Readiness::from_checks([
-            (Capability::Blobs, true, blobs),
-            (Capability::Queue, true, queue),
-        ])
+        Readiness::from_checks(self.backends.check(NEEDS).await, NEEDS)
     }
 
     fn metrics(&self) -> &Metrics {
@@ -118,26 +114,18 @@ async fn run(args: Args) -> Result<()> {
             convert::WORKER
         )
     })?;
-    let blobs = BlobStore::connect(
-        runtime_config.gridfs.as_ref().map(|g| g.url.as_str()),
-        &args.state_dir,
-    )
+    let backends = Backends::build(&BackendEnv {
+        manifest: &manifest,
+        runtime_config: &runtime_config,
+        state_dir: &args.state_dir,
+        variable_flags: &[],
+        extra_queues: convert::PUBLISHES,
+    })
     .await?;
-    let mut queues = vec![trigger.queue.as_str()];
-    queues.extend_from_slice(convert::PUBLISHES);
-    let broker = Broker::connect(
-        runtime_config.amqp.as_ref().map(|a| a.url.as_str()),
-        &args.state_dir,
-        &queues,
-    )
-    .await?;
+    let (blobs, broker) = (backends.blobs.clone(), backends.queue.clone());
     tracing::info!("spindle:blobs: {}", blobs.describe());
     tracing::info!("spindle:queue: {}", broker.describe());
-    let variables = AppVariables::resolve(&manifest, &[], &runtime_config.variables, |k| {
-        std::env::var(k).ok()
-    })
-    .with_context(|| args.manifest.display().to_string())?;
-    let settings = convert::app_settings(&variables)?;
+    let settings = convert::app_settings(&backends.variables)?;
     let conversions = ConversionMetrics::default();
     let worker = convert::worker(
         blobs.clone(),
@@ -154,11 +142,7 @@ async fn run(args: Args) -> Result<()> {
     options.on_dead_letter = worker.on_dead_letter;
     // The queue's series exist (at 0) from here, before any message.
     options.metrics = Some(metrics.queue(&trigger.queue));
-    let health = Arc::new(Health {
-        blobs,
-        broker: broker.clone(),
-        metrics,
-    });
+    let health = Arc::new(Health { backends, metrics });
     if let Some(socket) = health_socket {
         println!(
             "Health http://{} (/healthz, /readyz, /metrics)",

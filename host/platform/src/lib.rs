@@ -6,14 +6,18 @@
 //! - [`runtime`]: the wasmtime engine, compile cache, instances and limits.
 //! - [`trigger`]: the HTTP and AMQP triggers that invoke components.
 //! - [`capabilities`]: one module per capability (WIT, host side, backends).
-//! - [`app`]: a loaded application; [`deploy`]: hot redeploys of its
-//!   components; [`admin`] and [`metrics`]: operating it.
+//! - [`components`]: the linked components and their running versions;
+//!   [`deploy`]: hot redeploys of them; [`lifecycle`]: start-up, drain and
+//!   readiness; [`app`]: the parts wired together.
+//! - [`admin`] and [`metrics`]: operating it.
 //! - [`listener`]: the accept loop and connection limits both listeners share.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
+pub mod components;
 pub mod deploy;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod manifest;

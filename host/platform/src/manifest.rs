@@ -1,10 +1,12 @@
 //! The application manifest: `spin.toml` in Spin's manifest v2 format, plus
-//! Spindle's grant keys (`mysql_databases`, `blob_buckets`, `publish_queues`,
-//! `send_mail`) and its `[[trigger.amqp]]` trigger type.
+//! Spindle's `[[trigger.amqp]]` trigger type.
 //!
-//! Loading parses and then validates everything a running host relies on, so
-//! a bad manifest stops start-up with one message that names the file, the key
-//! and the fix, instead of failing on the first request.
+//! Loading parses and then validates the application's shape (components,
+//! routes, triggers, variables), so a bad manifest stops start-up with one
+//! message that names the file, the key and the fix, instead of failing on
+//! the first request. A component's grant keys (`blob_buckets`,
+//! `allowed_outbound_hosts`, ...) belong to the capabilities, which
+//! validate them ([`crate::capabilities::registry::grants`]).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -180,31 +182,17 @@ fn default_dead_letter_max_age_days() -> u64 {
 
 /// A `[component.NAME]` entry.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Component {
     pub source: PathBuf,
     /// Accepted as in Spin; not used by the host.
     #[serde(default, rename = "description")]
     _description: Option<String>,
     #[serde(default)]
-    pub allowed_outbound_hosts: Vec<String>,
-    /// `spin:mysql` databases this component may open by label.
-    #[serde(default)]
-    pub mysql_databases: Vec<String>,
-    /// `spindle:blobs` buckets this component may use.
-    #[serde(default)]
-    pub blob_buckets: Vec<String>,
-    /// `spindle:queue` queues this component may publish to.
-    #[serde(default)]
-    pub publish_queues: Vec<String>,
-    /// Whether this component may send mail (`spindle:mail`).
-    #[serde(default)]
-    pub send_mail: bool,
-    /// Component variables: values are templates over application variables.
-    #[serde(default)]
-    pub variables: BTreeMap<String, String>,
-    #[serde(default)]
     pub build: Option<BuildConfig>,
+    /// Every other key: what the capabilities grant the component, parsed
+    /// and validated by them.
+    #[serde(flatten)]
+    pub grants: toml::Table,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,63 +335,6 @@ impl Manifest {
                     "point `source` at a built .wasm component".into(),
                 ));
             }
-            for (var, template) in &component.variables {
-                check_variable_name(var).map_err(|p| {
-                    err(
-                        format!("component.{id}.variables.{var}"),
-                        p,
-                        "use lowercase letters, digits and underscores".into(),
-                    )
-                })?;
-                for reference in template_references(template).map_err(|p| {
-                    err(
-                        format!("component.{id}.variables.{var}"),
-                        p,
-                        "write references as {{ name }}".into(),
-                    )
-                })? {
-                    if !raw.variables.contains_key(&reference) {
-                        return Err(err(
-                            format!("component.{id}.variables.{var}"),
-                            format!("refers to undefined application variable `{reference}`"),
-                            format!("add `{reference}` under [variables]"),
-                        ));
-                    }
-                }
-            }
-            for (i, bucket) in component.blob_buckets.iter().enumerate() {
-                crate::capabilities::blobs::check_bucket(bucket).map_err(|e| {
-                    err(
-                        format!("component.{id}.blob_buckets[{i}]"),
-                        format!("{e:?}"),
-                        "name buckets with letters, digits, - and _".into(),
-                    )
-                })?;
-            }
-            let granted_names = component
-                .blob_buckets
-                .iter()
-                .map(|b| ("blob_buckets", b))
-                .chain(
-                    component
-                        .publish_queues
-                        .iter()
-                        .map(|q| ("publish_queues", q)),
-                );
-            for (key, name) in granted_names {
-                if is_reserved(name) {
-                    return Err(reserved(format!("component.{id}.{key}"), name));
-                }
-            }
-            for (i, host) in component.allowed_outbound_hosts.iter().enumerate() {
-                crate::capabilities::outbound_http::AllowedHost::parse(host).map_err(|p| {
-                    err(
-                        format!("component.{id}.allowed_outbound_hosts[{i}]"),
-                        p,
-                        "write it as scheme://host[:port], e.g. \"https://example.com\" or \"http://*.spin.internal\"".into(),
-                    )
-                })?;
-            }
         }
 
         let unknown_component = |key: String, name: &str| {
@@ -542,7 +473,8 @@ impl Manifest {
 /// runs): no component may be granted one.
 pub const RESERVED_PREFIX: &str = "spindle";
 
-fn is_reserved(name: &str) -> bool {
+/// Whether `name` is one of the platform's own (see [`RESERVED_PREFIX`]).
+pub fn is_reserved(name: &str) -> bool {
     name.to_ascii_lowercase().starts_with(RESERVED_PREFIX)
 }
 
@@ -582,7 +514,9 @@ fn parse_route(route: &str) -> Result<RoutePattern, String> {
     }))
 }
 
-fn check_variable_name(name: &str) -> Result<(), String> {
+/// Application and component variable names: lowercase letters, digits
+/// and underscores, starting with a letter.
+pub fn check_variable_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
@@ -604,46 +538,6 @@ fn check_component_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Splits a template such as `"postgres://{{ user }}@host"` into literal and
-/// variable parts.
-pub fn parse_template(template: &str) -> Result<Vec<TemplatePart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        if start > 0 {
-            parts.push(TemplatePart::Literal(rest[..start].to_string()));
-        }
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed `{{{{` in `{template}`"))?;
-        let name = after[..end].trim();
-        check_variable_name(name)?;
-        parts.push(TemplatePart::Variable(name.to_string()));
-        rest = &after[end + 2..];
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Literal(rest.to_string()));
-    }
-    Ok(parts)
-}
-
-fn template_references(template: &str) -> Result<Vec<String>, String> {
-    Ok(parse_template(template)?
-        .into_iter()
-        .filter_map(|p| match p {
-            TemplatePart::Variable(v) => Some(v),
-            TemplatePart::Literal(_) => None,
-        })
-        .collect())
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplatePart {
-    Literal(String),
-    Variable(String),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,33 +551,6 @@ mod tests {
     }
 
     const HEAD: &str = "spin_manifest_version = 2\n[application]\nname = \"t\"\n";
-
-    #[test]
-    fn platform_names_cannot_be_granted() {
-        let cases = [
-            (
-                "blob_buckets = [\"spindle-deploys\"]",
-                "component.c.blob_buckets",
-            ),
-            (
-                "publish_queues = [\"Spindle.deploys\"]",
-                "component.c.publish_queues",
-            ),
-        ];
-        for (grant, key) in cases {
-            let text = format!("{HEAD}[component.c]\nsource = \"a.wasm\"\n{grant}\n");
-            let e = load_str(&text).unwrap_err();
-            assert_eq!(e.key, key);
-            assert!(
-                e.problem.contains("reserved for the platform"),
-                "{}",
-                e.problem
-            );
-        }
-        let trigger =
-            format!("{HEAD}[[trigger.amqp]]\nqueue = \"spindle-events\"\nworker = \"convert\"\n");
-        assert_eq!(load_str(&trigger).unwrap_err().key, "trigger.amqp[0].queue");
-    }
 
     #[test]
     fn routes_parse_exact_and_wildcard() {
@@ -739,29 +606,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("trigger.http[0].route"), "{e}");
-    }
-
-    #[test]
-    fn undefined_template_reference_is_reported() {
-        let e = load_str(&format!(
-            "{HEAD}[component.a]\nsource = \"a.wasm\"\n[component.a.variables]\nk = \"{{{{ nope }}}}\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("component.a.variables.k"), "{e}");
-        assert!(e.contains("add `nope` under [variables]"), "{e}");
-    }
-
-    #[test]
-    fn templates_split_into_parts() {
-        assert_eq!(
-            parse_template("a{{ b }}c").unwrap(),
-            vec![
-                TemplatePart::Literal("a".into()),
-                TemplatePart::Variable("b".into()),
-                TemplatePart::Literal("c".into())
-            ]
-        );
-        assert!(parse_template("{{ b").is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! The runtime config (`--runtime-config-file`, TOML): which backend serves
-//! each capability, variable values, and per-invocation limits.
+//! The runtime config (`--runtime-config-file`, TOML): per-invocation
+//! limits, and a section per capability saying which backend serves it.
 //!
 //! Every section is optional. A missing backend section selects the embedded
 //! default, so `spindle up` with no file needs no servers at all.
@@ -14,34 +14,21 @@ use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `spin:mysql` label `default`: a MySQL/MariaDB server instead of the
-    /// embedded SQL engine.
-    #[serde(default)]
-    pub mysql: Option<UrlConfig>,
-    /// `spindle:blobs`: MongoDB GridFS instead of files in the state directory.
-    #[serde(default)]
-    pub gridfs: Option<UrlConfig>,
-    /// `spindle:queue` and `[[trigger.amqp]]`: RabbitMQ instead of the
-    /// embedded queue.
-    #[serde(default)]
-    pub amqp: Option<UrlConfig>,
-    /// `spindle:mail`: an SMTP server instead of the `.eml` outbox.
-    #[serde(default)]
-    pub smtp: Option<crate::capabilities::mail::SmtpSettings>,
-    /// Values for application variables (lowest-precedence provider above
-    /// manifest defaults).
-    #[serde(default)]
-    pub variables: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: Limits,
     /// Settings of the native convert worker, parsed by the worker itself
     /// (`functions/convert`).
     #[serde(default)]
     pub convert: Option<toml::Table>,
+    /// Every other section belongs to a capability (`[mysql]`, `[gridfs]`,
+    /// `[amqp]`, `[smtp]`, `[variables]`, ...), which parses its own when
+    /// it builds its backend; no section selects the embedded default.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
 }
 
+/// A backend section that is only a server's URL.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UrlConfig {
@@ -315,16 +302,9 @@ mod tests {
             from = "Spindle <noreply@spindle.local>"
         "#;
         let c: RuntimeConfig = toml::from_str(text).unwrap();
-        assert_eq!(
-            c.mysql.unwrap().url,
-            "mysql://user:password@127.0.0.1:3306/auth"
-        );
-        assert!(c.smtp.is_some());
+        let mysql: UrlConfig = c.sections["mysql"].clone().try_into().unwrap();
+        assert_eq!(mysql.url, "mysql://user:password@127.0.0.1:3306/auth");
+        assert!(c.sections.contains_key("smtp"));
         assert_eq!(c.limits.memory_limit_mb, 256);
-    }
-
-    #[test]
-    fn unknown_section_is_an_error() {
-        assert!(toml::from_str::<RuntimeConfig>("[mysqll]\nurl = \"x\"").is_err());
     }
 }

@@ -176,7 +176,7 @@ async fn route(
 impl probes::Probed for App {
     // Components are compiled before the admin listener starts, so
     // readiness is down to the deploy records and the backends.
-    fn readiness(&self) -> impl Future<Output = crate::app::Readiness> + Send {
+    fn readiness(&self) -> impl Future<Output = crate::lifecycle::Readiness> + Send {
         App::readiness(self)
     }
 

@@ -3,7 +3,7 @@
 //! worker's health listener on their own ([`serve`]). They need no token:
 //! probes and scrapers hold none, and the routes change nothing.
 
-use crate::app::{Capability, Readiness};
+use crate::lifecycle::Readiness;
 use crate::listener::{Handler, Hygiene};
 use crate::metrics::Metrics;
 use crate::trigger::http::{host_response, json_error};
@@ -43,10 +43,10 @@ pub async fn answer<P: Probed>(probed: &P, path: &str) -> Option<http::Response<
 /// the process cannot do its work; otherwise 200, listing the capabilities
 /// that are down but only degrade queue handlers.
 fn readyz(readiness: Readiness) -> http::Response<WasiBody> {
-    let listed = |entries: &[(Capability, String)]| {
+    let listed = |entries: &[(&str, String)]| {
         entries
             .iter()
-            .map(|(c, why)| (c.name().to_string(), serde_json::Value::from(why.as_str())))
+            .map(|(c, why)| (c.to_string(), serde_json::Value::from(why.as_str())))
             .collect::<serde_json::Map<_, _>>()
     };
     if !readiness.is_ready() {

@@ -1,23 +1,23 @@
 //! Hot redeploy: replace one component of a running application, on every
 //! replica, without failing a request.
 //!
-//! A deploy ([`App::deploy`]) goes:
+//! A deploy ([`Deployer::deploy`]) goes:
 //!
 //! 1. **Compile and link** the new bytes off the executor
 //!    (`spawn_blocking`), through the compile cache, against the same
 //!    linker and the component's own grants. Refused (and nothing changes)
 //!    when the bytes are not a component, import something the host does
 //!    not provide (wasmtime's link error names it), import a capability the
-//!    manifest entry does not grant ([`check_grants`]), or lack the export
+//!    manifest entry does not grant ([`crate::capabilities::Grants::ungranted`]), or lack the export
 //!    the component's triggers need.
 //! 2. **Record** it in the blob store ([`store`]): the artifact under its
 //!    sha256 and a version record. The first deploy of a component also
 //!    records the version it replaces, so rollback can return to it.
-//! 3. **Swap** it into the application's component map (see `app.rs`):
+//! 3. **Swap** it into the application's component map (see `components.rs`):
 //!    requests and deliveries that started keep their version.
 //! 4. **Announce** it on the broker's `spindle.deploys` broadcast; every
 //!    other host reads the component's latest record from the blob store
-//!    and swaps in the same artifact ([`App::start_deploys`]).
+//!    and swaps in the same artifact ([`Deployer::start`]).
 //!
 //! The blob store is the source of truth and events are only hints, so a
 //! host that missed one (a broker reconnect, a restart) catches up by
@@ -34,11 +34,12 @@
 
 pub(crate) mod store;
 
-use crate::app::{App, Linked, Running, Startup};
-use crate::capabilities::queue::{BROADCAST_DEPLOYS, Signal};
+use crate::capabilities::blobs::BlobStore;
+use crate::capabilities::queue::{BROADCAST_DEPLOYS, Broker, Signal};
+use crate::components::{ComponentSet, Linked, Running, Ungranted};
+use crate::lifecycle::{Lifecycle, Startup};
 use crate::manifest::AmqpTarget;
-use crate::metrics::DeployOutcome;
-use anyhow::bail;
+use crate::metrics::{DeployOutcome, Metrics};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -191,56 +192,6 @@ impl DeployReport {
     }
 }
 
-/// Refuses imports of capabilities the component's manifest entry does not
-/// grant. The linker offers every capability to every component (their
-/// grants are enforced at call time), so this is what makes a deploy fail
-/// up front instead of at the first call.
-pub fn check_grants(
-    id: &str,
-    component: &crate::manifest::Component,
-    imports: &[String],
-) -> anyhow::Result<()> {
-    let missing = ungranted_imports(component, imports);
-    if !missing.is_empty() {
-        bail!(
-            "component `{id}` imports {}, which its manifest entry does not grant; add the grant to [component.{id}] in spin.toml and restart, or deploy a build that does not use it",
-            missing.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// The imports among `imports` that need a grant `component` lacks, each
-/// with the grant to add. Interfaces not listed here (WASI, `wasi:http`,
-/// variables) need no grant.
-pub fn ungranted_imports(
-    component: &crate::manifest::Component,
-    imports: &[String],
-) -> Vec<String> {
-    let mysql_granted = !component.mysql_databases.is_empty()
-        || component
-            .allowed_outbound_hosts
-            .iter()
-            .any(|h| h.starts_with("mysql://"));
-    let mut missing: Vec<String> = Vec::new();
-    for name in imports {
-        let need = if name.starts_with("spindle:blobs/") && component.blob_buckets.is_empty() {
-            "blob_buckets = [\"BUCKET\"]"
-        } else if name.starts_with("spindle:queue/publisher") && component.publish_queues.is_empty()
-        {
-            "publish_queues = [\"QUEUE\"]"
-        } else if name.starts_with("spindle:mail/") && !component.send_mail {
-            "send_mail = true"
-        } else if name.starts_with("spin:mysql/") && !mysql_granted {
-            "mysql_databases = [\"default\"]"
-        } else {
-            continue;
-        };
-        missing.push(format!("{name} (grant: {need})"));
-    }
-    missing
-}
-
 /// The history a component's records describe, oldest first; the last
 /// entry is the current version.
 pub(crate) fn history(records: Vec<VersionRecord>) -> Vec<VersionRecord> {
@@ -269,17 +220,53 @@ struct Event {
     host: String,
 }
 
-impl App {
+/// Deploys, rolls back and follows other hosts' deploys: one at a time
+/// on this host, recorded in the blob store, announced on the broker.
+pub struct Deployer {
+    components: Arc<ComponentSet>,
+    lifecycle: Arc<Lifecycle>,
+    /// The deploy records and artifacts live here ([`store`]).
+    blobs: BlobStore,
+    /// Deploys are announced to other hosts here.
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    host_id: String,
+    /// One deploy, rollback or replica update at a time on this host.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        components: Arc<ComponentSet>,
+        lifecycle: Arc<Lifecycle>,
+        blobs: BlobStore,
+        broker: Broker,
+        metrics: Arc<Metrics>,
+        host_id: String,
+    ) -> Self {
+        Deployer {
+            components,
+            lifecycle,
+            blobs,
+            broker,
+            metrics,
+            host_id,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
     fn running(&self, id: &str) -> Result<Running, DeployError> {
-        let components = self.components.read().unwrap_or_else(|e| e.into_inner());
-        components
-            .get(id)
-            .cloned()
+        self.components
+            .running(id)
             .ok_or_else(|| DeployError::NotFound {
                 component: id.to_string(),
                 known: self
-                    .loader
-                    .manifest
+                    .components
+                    .manifest()
                     .components
                     .keys()
                     .cloned()
@@ -289,25 +276,16 @@ impl App {
     }
 
     async fn link_off_executor(&self, id: &str, wasm: Arc<[u8]>) -> Result<Linked, DeployError> {
-        let loader = self.loader.clone();
+        let components = self.components.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || loader.link(&id, &wasm, crate::app::Ungranted::Refuse))
+        tokio::task::spawn_blocking(move || components.link(&id, &wasm, Ungranted::Refuse))
             .await
             .map_err(|e| DeployError::Refused(format!("compiling panicked: {e}")))?
             .map_err(|e| DeployError::Refused(format!("{e:#}")))
     }
 
     fn swap(&self, id: &str, linked: Linked, wasm: Arc<[u8]>, record: VersionRecord) {
-        let mut components = self.components.write().unwrap_or_else(|e| e.into_inner());
-        components.insert(
-            id.to_string(),
-            Running {
-                http: linked.http,
-                queue: linked.queue,
-                wasm,
-                record,
-            },
-        );
+        self.components.swap(id, linked, wasm, record);
     }
 
     /// Makes `wasm` the running version of component `id` here, records it
@@ -344,7 +322,7 @@ impl App {
             Err(e) => e.outcome(),
         };
         if let Some(outcome) = outcome {
-            self.metrics().record_deploy(id, outcome);
+            self.metrics.record_deploy(id, outcome);
         }
     }
 
@@ -357,7 +335,7 @@ impl App {
     ) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         self.running(id)?;
-        let _one_at_a_time = self.deploy_lock.lock().await;
+        let _one_at_a_time = self.lock.lock().await;
         let running = self.running(id)?;
         let wasm: Arc<[u8]> = wasm.into();
         let linked = self.link_off_executor(id, wasm.clone()).await?;
@@ -394,7 +372,7 @@ impl App {
     async fn rollback_uncounted(&self, id: &str) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         self.running(id)?;
-        let _one_at_a_time = self.deploy_lock.lock().await;
+        let _one_at_a_time = self.lock.lock().await;
         let running = self.running(id)?;
         let stack = history(store::records(self.blobs(), id).await.map_err(store_err)?);
         let Some(target) = stack.len().checked_sub(2).map(|i| stack[i].clone()) else {
@@ -450,7 +428,7 @@ impl App {
             host: self.host_id.clone(),
         };
         let body = serde_json::to_vec(&event).unwrap_or_default();
-        if let Err(e) = self.broker().broadcast(BROADCAST_DEPLOYS, &body).await {
+        if let Err(e) = self.broker.broadcast(BROADCAST_DEPLOYS, &body).await {
             // Replicas still catch up when they next resubscribe or restart.
             tracing::warn!(component = %record.component, "could not announce the deploy to other hosts: {e}");
         }
@@ -459,7 +437,7 @@ impl App {
     /// Brings component `id` to its latest recorded version, if this host
     /// runs another one (a deploy made through another host).
     async fn catch_up(&self, id: &str) -> Result<(), DeployError> {
-        let _one_at_a_time = self.deploy_lock.lock().await;
+        let _one_at_a_time = self.lock.lock().await;
         let running = self.running(id)?;
         let Some(current) =
             history(store::records(self.blobs(), id).await.map_err(store_err)?).pop()
@@ -491,7 +469,7 @@ impl App {
     /// since) keeps the version it runs, with a warning; a blob store that
     /// does not answer ends the round with its error.
     async fn catch_up_all(&self) -> Result<(), DeployError> {
-        for id in self.loader.manifest.components.keys() {
+        for id in self.components.manifest().components.keys() {
             match self.catch_up(id).await {
                 Ok(()) => {}
                 Err(e @ DeployError::Store(_)) => return Err(e),
@@ -515,11 +493,11 @@ impl App {
                 self.blobs().describe()
             );
             tracing::warn!("{why}; retrying in {backoff:?}");
-            self.set_startup(Startup::Waiting(why));
+            self.lifecycle.set_startup(Startup::Waiting(why));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
         }
-        self.set_startup(Startup::Done);
+        self.lifecycle.set_startup(Startup::Done);
         tracing::info!("deploy records read in {:.1?}; serving", started.elapsed());
     }
 
@@ -528,10 +506,10 @@ impl App {
     /// start-up), then in the background reads the deploy records (see
     /// [`Self::finish_startup`]) and applies each announced deploy until
     /// the returned task is aborted. Nothing is served before it is called.
-    pub async fn start_deploys(
+    pub async fn start(
         self: &Arc<Self>,
     ) -> Result<tokio::task::JoinHandle<()>, crate::capabilities::queue::QueueError> {
-        let mut subscription = self.broker().subscribe(BROADCAST_DEPLOYS).await?;
+        let mut subscription = self.broker.subscribe(BROADCAST_DEPLOYS).await?;
         let app = self.clone();
         Ok(tokio::spawn(async move {
             app.finish_startup().await;
@@ -559,7 +537,7 @@ impl App {
 
     /// Per component: the running version, its history and its triggers.
     pub async fn deploy_status(&self) -> serde_json::Value {
-        let manifest = &self.loader.manifest;
+        let manifest = self.components.manifest();
         let mut list = Vec::new();
         for id in manifest.components.keys() {
             let Ok(running) = self.running(id) else {
@@ -659,21 +637,30 @@ mod tests {
 
     #[test]
     fn ungranted_capability_imports_are_named_with_their_grant() {
-        let manifest: crate::manifest::Component =
-            toml::from_str("source = \"x.wasm\"\nsend_mail = true\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.wasm"), b"\0asm").unwrap();
+        let path = dir.path().join("spin.toml");
+        std::fs::write(
+            &path,
+            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.probe]\nsource = \"x.wasm\"\nsend_mail = true\n",
+        )
+        .unwrap();
+        let manifest = crate::manifest::Manifest::load(&path).unwrap();
+        let grants = crate::capabilities::registry::grants(&manifest)
+            .unwrap()
+            .remove("probe")
+            .unwrap();
         let imports = vec![
             "wasi:cli/environment@0.2.6".to_string(),
             "spindle:mail/mailer@0.1.0".to_string(),
             "spindle:blobs/store@0.1.0".to_string(),
         ];
-        let e = check_grants("probe", &manifest, &imports)
-            .unwrap_err()
-            .to_string();
+        let e = grants.ungranted(&imports).join(", ");
         assert!(
             e.contains("spindle:blobs/store@0.1.0 (grant: blob_buckets"),
             "{e}"
         );
         assert!(!e.contains("mailer"), "{e}");
-        assert!(check_grants("probe", &manifest, &imports[..2]).is_ok());
+        assert!(grants.ungranted(&imports[..2]).is_empty());
     }
 }

@@ -2,12 +2,8 @@
 //! contexts, the capabilities the component was granted, and the limiter
 //! and deadline that bound a single invocation.
 
-use crate::capabilities::blobs::BlobsState;
-use crate::capabilities::mail::component::MailState;
-use crate::capabilities::mysql::{MysqlState, MysqlView};
-use crate::capabilities::outbound_http::OutboundHttp;
-use crate::capabilities::queue::component::PublishState;
-use crate::capabilities::variables::ComponentVariables;
+use crate::capabilities::InstanceStates;
+use crate::capabilities::registry::CapabilityHost;
 use crate::runtime::admission::{Charges, Gate, Refusal, Slot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,31 +152,15 @@ pub struct InstanceState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    outbound: OutboundHttp,
-    pub variables: ComponentVariables,
-    pub mysql: MysqlState,
-    pub blobs: BlobsState,
-    pub publish: PublishState,
-    pub mail: MailState,
+    capabilities: InstanceStates,
     limiter: MemoryLimiter,
     invocation: Arc<Invocation>,
-}
-
-/// The capabilities one component is granted, cloned into each instance.
-#[derive(Clone)]
-pub struct Grants {
-    pub outbound: OutboundHttp,
-    pub variables: ComponentVariables,
-    pub mysql: MysqlState,
-    pub blobs: BlobsState,
-    pub publish: PublishState,
-    pub mail: MailState,
 }
 
 impl InstanceState {
     /// State for one instance of the component behind `gate`, whose
     /// memory is charged to the gate's budget.
-    pub fn new(grants: &Grants, gate: &Arc<Gate>, timeout: Duration) -> Self {
+    pub fn new(capabilities: &InstanceStates, gate: &Arc<Gate>, timeout: Duration) -> Self {
         let invocation = Arc::new(Invocation::new(timeout));
         // Guests write to the host's stdout/stderr, like `spin up` does.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
@@ -188,12 +168,7 @@ impl InstanceState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            outbound: grants.outbound.clone(),
-            variables: grants.variables.clone(),
-            mysql: grants.mysql.clone(),
-            blobs: grants.blobs.clone(),
-            publish: grants.publish.clone(),
-            mail: grants.mail.clone(),
+            capabilities: capabilities.clone(),
             limiter: MemoryLimiter {
                 charges: gate.charges(),
                 invocation: invocation.clone(),
@@ -204,10 +179,6 @@ impl InstanceState {
 
     pub fn invocation(&self) -> Arc<Invocation> {
         self.invocation.clone()
-    }
-
-    pub fn mysql_view(&mut self) -> MysqlView<'_> {
-        MysqlView::new(&mut self.table, &self.mysql)
     }
 
     /// Installs the limiter and the epoch callback on a new store. The
@@ -241,7 +212,13 @@ impl WasiHttpView for InstanceState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.outbound,
+            hooks: self.capabilities.http_hooks(),
         }
+    }
+}
+
+impl CapabilityHost for InstanceState {
+    fn capability_states(&mut self) -> (&mut InstanceStates, &mut ResourceTable) {
+        (&mut self.capabilities, &mut self.table)
     }
 }

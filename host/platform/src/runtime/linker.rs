@@ -1,9 +1,10 @@
 //! The linker every component is linked against: WASI (0.2 and 0.3),
-//! `wasi:http` (0.2 and 0.3) and Spindle's capabilities. What a component may
-//! actually do with a capability is decided by its grants at call time.
+//! `wasi:http` (0.2 and 0.3) and every registered capability. What a
+//! component may actually do with a capability is decided by its grants at
+//! call time.
 
 use super::instance::InstanceState;
-use crate::capabilities::{blobs, mail, mysql, queue, variables};
+use crate::capabilities::registry;
 use anyhow::Result;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -14,10 +15,6 @@ pub fn build(engine: &Engine) -> Result<Linker<InstanceState>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-    variables::add_to_linker(&mut linker, |s| &s.variables)?;
-    mysql::add_to_linker(&mut linker, InstanceState::mysql_view)?;
-    blobs::add_to_linker(&mut linker, |s| &s.blobs)?;
-    queue::component::add_to_linker(&mut linker, |s| &s.publish)?;
-    mail::component::add_to_linker(&mut linker, |s| &s.mail)?;
+    registry::add_to_linker(&mut linker)?;
     Ok(linker)
 }

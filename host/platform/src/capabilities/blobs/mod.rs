@@ -6,6 +6,7 @@
 //! files under `<state-dir>/blobs/` when no server is configured. Data moves
 //! through bounded channels chunk by chunk, never as a whole file.
 
+mod capability;
 mod files;
 mod gridfs;
 mod index;
@@ -17,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
+use wasmtime::component::{Accessor, FutureReader, HasData, StreamReader};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -423,13 +424,6 @@ impl<T> wit::HostWithStore<T> for Blobs {
             Err(e) => Err(e),
         })
     }
-}
-
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &BlobsState,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, Blobs>(linker, view)
 }
 
 #[cfg(test)]

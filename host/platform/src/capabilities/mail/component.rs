@@ -3,7 +3,7 @@
 
 use super::{Email, MailError, Mailer};
 use std::sync::Arc;
-use wasmtime::component::{Accessor, HasData, Linker};
+use wasmtime::component::{Accessor, HasData};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -13,7 +13,7 @@ mod bindings {
     });
 }
 
-use bindings::spindle::mail::mailer::{self as wit, Error, Message};
+pub(super) use bindings::spindle::mail::mailer::{self as wit, Error, Message};
 
 /// Whether one component may send, and through what.
 #[derive(Clone)]
@@ -86,11 +86,4 @@ impl<T> wit::HostWithStore<T> for Mail {
         };
         Ok(mailer.send(&email).await.map_err(to_wit))
     }
-}
-
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &MailState,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, Mail>(linker, view)
 }

@@ -15,6 +15,7 @@
 //! backends build the message the same way ([`message`]), so function code
 //! and the bytes produced are identical; only delivery differs.
 
+mod capability;
 pub mod component;
 mod endpoint;
 mod error;

@@ -8,6 +8,7 @@
 //! `mysql://` URL whose host is in its `allowed_outbound_hosts`.
 //! Parameters are always bound, never spliced into the statement.
 
+mod capability;
 mod embedded;
 mod server;
 
@@ -15,9 +16,7 @@ use crate::capabilities::outbound_http::AllowList;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use wasmtime::component::{
-    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
-};
+use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -296,13 +295,6 @@ impl<T> wit::HostConnectionWithStore<T> for Mysql {
         let db = store.with(|mut view| view.get().table.get(&this).map(|c| c.db.clone()))?;
         Ok(db.execute(statement, params).await)
     }
-}
-
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> MysqlView<'_>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, Mysql>(linker, view)
 }
 
 impl<'a> MysqlView<'a> {

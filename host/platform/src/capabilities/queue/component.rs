@@ -4,7 +4,7 @@
 
 use super::Broker;
 use std::sync::Arc;
-use wasmtime::component::{Accessor, HasData, Linker};
+use wasmtime::component::{Accessor, HasData};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -17,7 +17,7 @@ mod bindings {
 
 pub use bindings::QueueHandlerPre;
 pub use bindings::exports::spindle::queue::handler::{Failure, Message};
-use bindings::spindle::queue::publisher::{self as wit, Error};
+pub(super) use bindings::spindle::queue::publisher::{self as wit, Error};
 
 /// The export name a queue-triggered component must have.
 pub const HANDLER_EXPORT: &str = "spindle:queue/handler@0.1.0";
@@ -78,11 +78,4 @@ impl<T> wit::HostWithStore<T> for Publisher {
             }
         }))
     }
-}
-
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &PublishState,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, Publisher>(linker, view)
 }

@@ -46,6 +46,7 @@
 //! broadcasts to every host (deploy events) in `broadcast.rs`.
 
 mod broadcast;
+mod capability;
 pub mod component;
 mod consumer;
 mod embedded;

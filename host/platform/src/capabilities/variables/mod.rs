@@ -5,10 +5,10 @@
 //! environment variables, the runtime config's `[variables]` table, the
 //! manifest's `default`. Secret values never appear in logs or errors.
 
-use crate::manifest::{Manifest, TemplatePart, parse_template};
+use crate::manifest::Manifest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use wasmtime::component::{Accessor, HasData, Linker};
+use wasmtime::component::{Accessor, HasData};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -20,6 +20,11 @@ mod bindings {
 }
 
 use bindings::spin::variables::variables::{self as wit, Error};
+
+mod capability;
+mod template;
+
+pub use template::{TemplatePart, parse_template};
 
 /// A resolved application variable.
 #[derive(Clone)]
@@ -191,13 +196,6 @@ impl<T> wit::HostWithStore<T> for Variables {
     }
 }
 
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &ComponentVariables,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, Variables>(linker, view)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +228,11 @@ mod tests {
         let env =
             |k: &str| matches!(k, "SPIN_VARIABLE_A" | "SPIN_VARIABLE_B").then(|| "env".to_string());
         let vars = AppVariables::resolve(&m, &["a=flag".into()], &runtime, env).unwrap();
-        let c = vars.for_component(&m.components["a"].variables);
+        let templates = m.components["a"].grants["variables"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let c = vars.for_component(&templates);
         assert_eq!(c.get("a").unwrap(), "flag");
         assert_eq!(c.get("b").unwrap(), "env");
         assert_eq!(c.get("c").unwrap(), "rt");

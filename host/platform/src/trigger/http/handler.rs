@@ -4,44 +4,24 @@
 //! and guest failures turned into 500/504 answers.
 
 use crate::metrics::Metrics;
-use crate::runtime::admission::{Gate, Overloaded};
-use crate::runtime::instance::{Grants, InstanceState, Invocation};
-use crate::runtime_config::Limits;
+use crate::runtime::component::LinkedComponent;
+use crate::runtime::instance::{InstanceState, Invocation};
+use crate::runtime::invoke::Invoker;
+use anyhow::Context as _;
 use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
     ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
-    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+    ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-/// Why an invocation produced no response.
-#[derive(Debug, thiserror::Error)]
-pub enum InvokeError {
-    #[error("component `{component}` did not respond within {timeout:?}")]
-    Timeout {
-        component: String,
-        timeout: Duration,
-    },
-    #[error("component `{component}` exceeded its memory limit of {limit_mb} MiB")]
-    Memory { component: String, limit_mb: u64 },
-    #[error("component `{component}` could not be instantiated: {reason}")]
-    Instantiation { component: String, reason: String },
-    #[error("component `{component}` failed: {reason}")]
-    Trap { component: String, reason: String },
-    #[error(transparent)]
-    Overloaded(#[from] Overloaded),
-    #[error("{0}")]
-    BodyTooSlow(super::body::BodyTooSlow),
-    /// The host has not finished starting (it waits for a backend).
-    #[error("the host is starting and does not serve yet: {0}; retry shortly")]
-    Starting(String),
-}
+pub use crate::runtime::invoke::InvokeError;
 
 impl InvokeError {
     pub fn status(&self) -> http::StatusCode {
@@ -90,38 +70,48 @@ impl InvokeError {
 /// between its attempts to reach the blob store.
 const STARTING_RETRY_AFTER_SECS: u64 = 5;
 
+/// Which `wasi:http` handler a linked component exports, if any.
+pub fn proxy_pre(
+    engine: &Engine,
+    id: &str,
+    linked: &LinkedComponent,
+) -> anyhow::Result<Option<ProxyPre<InstanceState>>> {
+    let mut p3 = false;
+    let mut p2 = false;
+    for name in linked.exports(engine) {
+        p3 |= name.starts_with("wasi:http/handler@0.3");
+        p2 |= name.starts_with("wasi:http/incoming-handler@0.2");
+    }
+    let pre = linked.pre.clone();
+    let proxy = if p3 {
+        wasmtime_wasi_http::p3::bindings::ServicePre::new(pre).map(ProxyPre::P3)
+    } else if p2 {
+        wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map(ProxyPre::P2)
+    } else {
+        return Ok(None);
+    };
+    proxy
+        .map(Some)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component `{id}`: its wasi:http export does not match"))
+}
+
 /// Runs one HTTP component.
 pub struct HttpComponent {
-    id: Arc<str>,
+    invoker: Arc<Invoker>,
     handler: ProxyHandler<ComponentState>,
-    limits: Limits,
-    gate: Arc<Gate>,
 }
 
 impl HttpComponent {
-    pub fn new(
-        id: &str,
-        engine: Engine,
-        pre: ProxyPre<InstanceState>,
-        grants: Grants,
-        limits: Limits,
-        gate: Arc<Gate>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(invoker: Arc<Invoker>, pre: ProxyPre<InstanceState>, metrics: Arc<Metrics>) -> Self {
         let state = ComponentState {
-            id: id.into(),
-            engine,
+            invoker: invoker.clone(),
             pre,
-            grants,
-            limits: limits.clone(),
-            gate: gate.clone(),
             metrics,
         };
         HttpComponent {
-            id: id.into(),
+            invoker,
             handler: ProxyHandler::new(state),
-            limits,
-            gate,
         }
     }
 
@@ -133,10 +123,11 @@ impl HttpComponent {
         request: http::Request<WasiBody>,
         lane: &str,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
-        let admitted = self.gate.admit(lane).await?;
+        let limits = self.invoker.limits();
+        let admitted = self.invoker.gate().admit(lane).await?;
         let slot: Arc<OnceLock<Arc<Invocation>>> = Arc::default();
-        let timeout = self.limits.request_timeout();
-        let floor = super::body::MinRate::from_limits(&self.limits);
+        let timeout = limits.request_timeout();
+        let floor = super::body::MinRate::from_limits(limits);
         let request = request.map(|body| {
             super::body::Progress::new(body, slot.clone(), timeout, floor).boxed_unsync()
         });
@@ -147,71 +138,39 @@ impl HttpComponent {
         if let Some(invocation) = invocation {
             invocation.hold(admitted);
         }
+        let too_slow = || InvokeError::BodyTooSlow(super::body::BodyTooSlow(floor).to_string());
         match result {
             // The component may have answered the body's error itself.
-            Ok(_) if invocation.is_some_and(|i| i.body_stalled()) => {
-                Err(InvokeError::BodyTooSlow(super::body::BodyTooSlow(floor)))
-            }
+            Ok(_) if invocation.is_some_and(|i| i.body_stalled()) => Err(too_slow()),
             Ok(response) => {
                 // The response exists; its body may now stream for longer.
                 if let Some(invocation) = invocation {
-                    invocation.extend(self.limits.body_timeout());
+                    invocation.extend(limits.body_timeout());
                 }
                 Ok(response)
             }
-            Err(e) => Err(self.classify(e, invocation.map(|i| &**i))),
+            Err(_) if invocation.is_some_and(|i| i.body_stalled()) => Err(too_slow()),
+            Err(e) => {
+                let invocation = invocation.map(|i| &**i);
+                if let Some(limit) = self.invoker.limit_hit(invocation) {
+                    return Err(limit);
+                }
+                if e.is::<ExpirationError>() {
+                    return Err(self.invoker.timeout());
+                }
+                match e.downcast_ref::<InstantiationError<Arc<OnceLock<Arc<Invocation>>>>>() {
+                    Some(inst) => Err(self.invoker.instantiation(&inst.error)),
+                    None => Err(self.invoker.classify(&e, invocation)),
+                }
+            }
         }
-    }
-
-    fn classify(&self, e: wasmtime::Error, invocation: Option<&Invocation>) -> InvokeError {
-        let component = self.id.to_string();
-        if invocation.is_some_and(Invocation::body_stalled) {
-            return InvokeError::BodyTooSlow(super::body::BodyTooSlow(
-                super::body::MinRate::from_limits(&self.limits),
-            ));
-        }
-        if invocation.is_some_and(Invocation::timed_out) || e.is::<ExpirationError>() {
-            return InvokeError::Timeout {
-                component,
-                timeout: self.limits.request_timeout(),
-            };
-        }
-        if invocation.is_some_and(Invocation::memory_exceeded) {
-            return InvokeError::Memory {
-                component,
-                limit_mb: self.gate.memory_limit_mb(),
-            };
-        }
-        if invocation.is_some_and(Invocation::budget_exhausted) {
-            return InvokeError::Overloaded(Overloaded::Memory {
-                budget_mb: self.gate.budget_mb(),
-                waited: self.limits.queue_timeout(),
-            });
-        }
-        if let Some(inst) = e.downcast_ref::<InstantiationError<Arc<OnceLock<Arc<Invocation>>>>>() {
-            return InvokeError::Instantiation {
-                component,
-                reason: format!("{:#}", inst.error),
-            };
-        }
-        tracing::warn!(component = %self.id, "invocation failed: {e:#}");
-        let reason = if e.is::<TrapOrPanicError>() {
-            "it trapped; the host log has the guest's message".to_string()
-        } else {
-            e.root_cause().to_string()
-        };
-        InvokeError::Trap { component, reason }
     }
 }
 
 /// What every worker of one component shares.
 struct ComponentState {
-    id: Arc<str>,
-    engine: Engine,
+    invoker: Arc<Invoker>,
     pre: ProxyPre<InstanceState>,
-    grants: Grants,
-    limits: Limits,
-    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
 }
 
@@ -222,22 +181,18 @@ impl HandlerState for ComponentState {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiry, OneShot>> {
         let started = Instant::now();
-        let mut store = Store::new(
-            &self.engine,
-            InstanceState::new(&self.grants, &self.gate, self.limits.request_timeout()),
-        );
-        InstanceState::configure(&mut store);
+        let mut store = self.invoker.store();
         let invocation = store.data().invocation();
         let proxy = self.pre.instantiate_async(&mut store).await?;
         self.metrics
-            .record_instantiation(&self.id, started.elapsed());
+            .record_instantiation(self.invoker.id(), started.elapsed());
         Ok(Instance {
             store,
             proxy,
             view: <InstanceState as WasiHttpView>::http,
             expiration: Expiry::new(invocation),
             state: OneShot {
-                id: self.id.clone(),
+                id: self.invoker.id().clone(),
             },
         })
     }

@@ -3,6 +3,10 @@
 //! `http://NAME.spin.internal` are dispatched in-process to component NAME
 //! without touching the network.
 
+mod capability;
+
+pub use capability::Outbound;
+
 use futures::future::BoxFuture;
 use std::sync::{Arc, OnceLock, Weak};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -100,7 +104,7 @@ impl AllowList {
 /// Delivers `*.spin.internal` requests to a component of this application.
 pub trait InternalDispatch: Send + Sync {
     fn dispatch(
-        &self,
+        self: Arc<Self>,
         component: &str,
         request: http::Request<WasiBody>,
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
