@@ -8,13 +8,13 @@ use spindle_platform::app::{App, AppConfig};
 use spindle_platform::capabilities::Backends;
 use spindle_platform::capabilities::capability::BackendEnv;
 use spindle_platform::capabilities::variables::AppVariables;
+use spindle_platform::invoke::body::MinRate;
 use spindle_platform::listener::Hygiene;
 use spindle_platform::manifest::AmqpTarget;
 use spindle_platform::manifest::{Manifest, RoutePattern};
 use spindle_platform::metrics::ConversionMetrics;
 use spindle_platform::runtime::cache::CacheOutcome;
 use spindle_platform::runtime_config::RuntimeConfig;
-use spindle_platform::trigger::http::body::MinRate;
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 

@@ -138,7 +138,7 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     let metrics = Metrics::new(blobs.metrics());
     metrics.register_conversions(&conversions);
-    let mut options = trigger.consume_options();
+    let mut options = spindle_platform::trigger::amqp::consume_options(&trigger);
     options.on_dead_letter = worker.on_dead_letter;
     // The queue's series exist (at 0) from here, before any message.
     options.metrics = Some(metrics.queue(&trigger.queue));

@@ -213,7 +213,7 @@ impl App {
         let all = Backends::names();
         let (starting, checks) = tokio::join!(
             self.lifecycle
-                .started_within(crate::lifecycle::PROBE_TIMEOUT),
+                .started_within(crate::capabilities::registry::PROBE_TIMEOUT),
             self.backends.check(&all),
         );
         Readiness {

@@ -12,7 +12,9 @@
 //! clone, and writes (deploys) are rare.
 
 use crate::capabilities::{Backends, Grants, InstanceStates};
-use crate::deploy::VersionRecord;
+use crate::invoke::Invoker;
+use crate::invoke::http::{HttpComponent, proxy_pre};
+use crate::invoke::queue::{QueueComponent, handler_pre};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -20,9 +22,7 @@ use crate::runtime::admission::Gate;
 use crate::runtime::cache::{CacheOutcome, CompileCache};
 use crate::runtime::component::LinkedComponent;
 use crate::runtime::instance::InstanceState;
-use crate::runtime::invoke::Invoker;
-use crate::trigger::amqp::{QueueComponent, handler_pre};
-use crate::trigger::http::handler::{HttpComponent, proxy_pre};
+use crate::version::{Action, VersionRecord};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -219,7 +219,7 @@ impl ComponentSet {
             let record = VersionRecord::new(
                 id,
                 &linked.digest,
-                crate::deploy::Action::Manifest,
+                Action::Manifest,
                 &source.display().to_string(),
                 host_id,
             );

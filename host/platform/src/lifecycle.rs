@@ -2,7 +2,6 @@
 //! serving, or draining; and what `/readyz` reports.
 
 use crate::capabilities::registry::Check;
-use anyhow::Context;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -106,19 +105,4 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.down.is_empty() && self.starting.is_none()
     }
-}
-
-/// How long a readiness check may take; the Kubernetes probes allow 3 s.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Runs one backend check with a 2 s bound, naming the backend.
-pub async fn probe<E>(what: &str, check: impl Future<Output = Result<(), E>>) -> anyhow::Result<()>
-where
-    E: Into<anyhow::Error>,
-{
-    tokio::time::timeout(PROBE_TIMEOUT, check)
-        .await
-        .with_context(|| format!("{what} did not answer within 2s"))?
-        .map_err(Into::into)
-        .with_context(|| format!("{what} is not answering"))
 }

@@ -136,24 +136,6 @@ impl AmqpTrigger {
     pub fn component(&self) -> Option<&str> {
         self.component.as_deref()
     }
-
-    /// How the consumer should take messages (no hook, no metrics).
-    pub fn consume_options(&self) -> crate::capabilities::queue::ConsumeOptions {
-        use std::time::Duration;
-        crate::capabilities::queue::ConsumeOptions {
-            prefetch: self.concurrency,
-            concurrency: usize::from(self.concurrency),
-            max_attempts: self.max_attempts,
-            retry_delay: Duration::from_millis(self.retry_delay_ms),
-            retry_delay_max: Duration::from_millis(self.retry_delay_max_ms),
-            dead_letters: crate::capabilities::queue::DeadLetterLimits {
-                max_count: self.dead_letter_max_count,
-                max_age: Duration::from_secs(self.dead_letter_max_age_days.saturating_mul(86_400)),
-            },
-            on_dead_letter: None,
-            metrics: None,
-        }
-    }
 }
 
 fn default_concurrency() -> u16 {

@@ -42,9 +42,9 @@ pub mod token;
 
 use crate::app::App;
 use crate::deploy::Action;
+use crate::invoke::body::{BodyTooSlow, MinRate, RateCheck};
 use crate::listener::{Handler, Hygiene};
-use crate::trigger::http::body::{BodyTooSlow, MinRate, RateCheck};
-use crate::trigger::http::{host_response, json_error};
+use crate::listener::{host_response, json_error};
 use anyhow::Context;
 use bytes::Bytes;
 use http::StatusCode;

@@ -5,8 +5,8 @@
 
 use crate::lifecycle::Readiness;
 use crate::listener::{Handler, Hygiene};
+use crate::listener::{host_response, json_error};
 use crate::metrics::Metrics;
-use crate::trigger::http::{host_response, json_error};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,7 +13,9 @@
 
 use super::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState, StateView};
 use crate::manifest::{Manifest, ManifestError};
+use anyhow::Context;
 use std::collections::BTreeMap;
+use std::time::Duration;
 use wasmtime::component::{Linker, ResourceTable};
 
 /// Store data that carries the capabilities' instance states (the runtime's
@@ -27,6 +29,21 @@ pub struct Check {
     /// The capability, e.g. `spindle:blobs`.
     pub name: &'static str,
     pub result: anyhow::Result<()>,
+}
+
+/// How long a readiness check may take; the Kubernetes probes allow 3 s.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one backend check with a 2 s bound, naming the backend.
+pub async fn probe<E>(what: &str, check: impl Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: Into<anyhow::Error>,
+{
+    tokio::time::timeout(PROBE_TIMEOUT, check)
+        .await
+        .with_context(|| format!("{what} did not answer within 2s"))?
+        .map_err(Into::into)
+        .with_context(|| format!("{what} is not answering"))
 }
 
 macro_rules! capabilities {
@@ -117,7 +134,7 @@ macro_rules! capabilities {
             }
 
             /// Checks the backends of the capabilities named in `which`,
-            /// all at once, each bounded by [`crate::lifecycle::probe`].
+            /// all at once, each bounded by [`probe`].
             pub async fn check(&self, which: &[&'static str]) -> Vec<Check> {
                 let ($($field,)*) = tokio::join!($(
                     async {
@@ -125,7 +142,7 @@ macro_rules! capabilities {
                         which.contains(&name).then_some(())?;
                         Some(Check {
                             name,
-                            result: crate::lifecycle::probe(
+                            result: probe(
                                 <$cap as Capability>::BACKEND_NAME,
                                 <$cap as Capability>::ready(&self.$field),
                             ).await,

@@ -16,14 +16,16 @@
 //! the connection instead: reads mark the start of a request, the service
 //! call its headers complete, and the end of the response body the return
 //! to idle. While a request is in flight neither timer runs: the request
-//! body has its minimum rate ([`crate::trigger::http::body`]) and the
+//! body has its minimum rate ([`crate::invoke::body`]) and the
 //! component its own deadlines.
 
 mod parse_errors;
 
 use crate::runtime_config::Limits;
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -489,4 +491,29 @@ mod tests {
         };
         assert_eq!(Hygiene::from_limits(&limits).max_connections, 7);
     }
+}
+
+/// A complete response from the host itself (not from a component).
+pub fn host_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> http::Response<WasiBody> {
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// A JSON `{"error": ...}` response, the shape of every error the host sends.
+pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    host_response(status, "application/json", body)
 }

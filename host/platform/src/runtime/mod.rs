@@ -9,7 +9,6 @@ pub mod admission;
 pub mod cache;
 pub mod component;
 pub mod instance;
-pub mod invoke;
 pub mod linker;
 
 use crate::runtime_config::Limits;

@@ -1,92 +1,19 @@
 //! The queue trigger (`[[trigger.amqp]]`): each message on a queue invokes
-//! the component's `spindle:queue/handler` export in a fresh instance (see
-//! [`crate::runtime::invoke`]); its answer acks, retries or dead-letters the
-//! message. Triggers naming a native worker run its handler instead.
+//! the running version of its component ([`crate::invoke::queue`]), whose
+//! answer acks, retries or dead-letters the message. Triggers naming a
+//! native worker run its handler instead.
 
-use crate::capabilities::queue::component::{Failure, HANDLER_EXPORT, Message, QueueHandlerPre};
-use crate::capabilities::queue::{Broker, Consumer, Delivery, Handler, Outcome, Worker};
+use crate::capabilities::queue::{
+    Broker, ConsumeOptions, Consumer, DeadLetterLimits, Handler, Outcome, Worker,
+};
 use crate::components::ComponentSet;
+use crate::invoke::InvokeError;
 use crate::lifecycle::Lifecycle;
 use crate::manifest::{AmqpTarget, AmqpTrigger};
 use crate::metrics::Metrics;
-use crate::runtime::component::LinkedComponent;
-use crate::runtime::instance::InstanceState;
-use crate::runtime::invoke::{InvokeError, Invoker};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::sync::Arc;
-use wasmtime::Engine;
-
-/// The queue handler a linked component exports, if any.
-pub fn handler_pre(
-    engine: &Engine,
-    id: &str,
-    linked: &LinkedComponent,
-) -> Result<Option<QueueHandlerPre<InstanceState>>> {
-    if !linked
-        .exports(engine)
-        .iter()
-        .any(|name| name == HANDLER_EXPORT)
-    {
-        return Ok(None);
-    }
-    QueueHandlerPre::new(linked.pre.clone())
-        .map(Some)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("component `{id}`: its {HANDLER_EXPORT} export does not match"))
-}
-
-/// Runs one queue-triggered component.
-pub struct QueueComponent {
-    invoker: Arc<Invoker>,
-    pre: QueueHandlerPre<InstanceState>,
-}
-
-impl QueueComponent {
-    pub fn new(invoker: Arc<Invoker>, pre: QueueHandlerPre<InstanceState>) -> Self {
-        QueueComponent { invoker, pre }
-    }
-
-    /// Handles one delivery; a trap or a timeout counts as a retry.
-    pub async fn invoke(&self, delivery: Delivery) -> Outcome {
-        let timeout = self.invoker.limits().request_timeout();
-        let mut store = self.invoker.store();
-        let invocation = store.data().invocation();
-        let message = Message {
-            queue: delivery.queue,
-            body: delivery.body,
-            attempt: delivery.attempt,
-            message_id: delivery.message_id,
-        };
-        let run = async {
-            let handler = match self.pre.instantiate_async(&mut store).await {
-                Ok(handler) => handler,
-                Err(e) => return Err(self.invoker.instantiation(&e)),
-            };
-            store
-                .run_concurrent(async move |accessor| {
-                    handler
-                        .spindle_queue_handler()
-                        .call_handle(accessor, message)
-                        .await
-                })
-                .await
-                .and_then(|result| result)
-                .map_err(|e| self.invoker.classify(&e, Some(&invocation)))
-        };
-        let outcome = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(Ok(()))) => Outcome::Ack,
-            Ok(Ok(Err(Failure::Retry(reason)))) => Outcome::Retry(reason),
-            Ok(Ok(Err(Failure::Reject(reason)))) => Outcome::DeadLetter(reason),
-            Ok(Err(e)) => Outcome::Retry(e.to_string()),
-            Err(_) => Outcome::Retry(self.invoker.timeout().to_string()),
-        };
-        if outcome != Outcome::Ack {
-            tracing::info!(component = %self.invoker.id(), ?outcome, "message not acknowledged");
-        }
-        outcome
-    }
-}
 
 /// Starts one consumer per `[[trigger.amqp]]`; stop them to drain.
 /// Triggers naming a native worker get their handler from `workers`; one
@@ -128,7 +55,7 @@ pub async fn start(
                 }
             },
         };
-        let mut options = trigger.consume_options();
+        let mut options = consume_options(trigger);
         options.metrics = Some(metrics.queue(&trigger.queue));
         options.on_dead_letter = on_dead_letter;
         let consumer = broker
@@ -172,4 +99,22 @@ fn component_handler(
             }
         })
     })
+}
+
+/// How the consumer of `trigger` takes messages (no hook, no metrics).
+pub fn consume_options(trigger: &AmqpTrigger) -> ConsumeOptions {
+    use std::time::Duration;
+    ConsumeOptions {
+        prefetch: trigger.concurrency,
+        concurrency: usize::from(trigger.concurrency),
+        max_attempts: trigger.max_attempts,
+        retry_delay: Duration::from_millis(trigger.retry_delay_ms),
+        retry_delay_max: Duration::from_millis(trigger.retry_delay_max_ms),
+        dead_letters: DeadLetterLimits {
+            max_count: trigger.dead_letter_max_count,
+            max_age: Duration::from_secs(trigger.dead_letter_max_age_days.saturating_mul(86_400)),
+        },
+        on_dead_letter: None,
+        metrics: None,
+    }
 }

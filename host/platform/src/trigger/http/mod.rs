@@ -1,22 +1,21 @@
 //! The HTTP trigger: accepts connections, routes each request to its
 //! component, and streams bodies both ways without buffering them.
 
-pub mod body;
-pub mod handler;
 pub mod router;
 
 use crate::capabilities::outbound_http::{INTERNAL_SUFFIX, InternalDispatch};
 use crate::components::ComponentSet;
+use crate::invoke::InvokeError;
+use crate::invoke::body;
 use crate::lifecycle::Lifecycle;
+use crate::listener::json_error;
 use crate::listener::{Handler, Hygiene};
 use crate::manifest::RoutePattern;
 use crate::metrics::Metrics;
-use crate::runtime::invoke::InvokeError;
 use crate::runtime_config::Limits;
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use router::{RouteMatch, Router};
 use std::net::SocketAddr;
@@ -27,31 +26,6 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// Requests whose header section is larger than this get 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// A complete response from the host itself (not from a component).
-pub fn host_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> http::Response<WasiBody> {
-    let mut response = http::Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-/// A JSON `{"error": ...}` response, the shape of every error the host sends.
-pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    host_response(status, "application/json", body)
-}
 
 /// The HTTP trigger: routes requests (from clients and from components'
 /// `*.spin.internal` calls alike) to the running version of their

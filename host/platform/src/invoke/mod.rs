@@ -5,9 +5,13 @@
 //! trigger turns an [`InvokeError`] into a status code, the queue trigger
 //! into a retry.
 
-use super::admission::{Gate, Overloaded};
-use super::instance::{InstanceState, Invocation};
+pub mod body;
+pub mod http;
+pub mod queue;
+
 use crate::capabilities::InstanceStates;
+use crate::runtime::admission::{Gate, Overloaded};
+use crate::runtime::instance::{InstanceState, Invocation};
 use crate::runtime_config::Limits;
 use std::sync::Arc;
 use std::time::Duration;

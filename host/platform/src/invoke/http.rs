@@ -3,10 +3,10 @@
 //! and `@0.3` components), with the request timeout and memory cap applied
 //! and guest failures turned into 500/504 answers.
 
+use super::Invoker;
 use crate::metrics::Metrics;
 use crate::runtime::component::LinkedComponent;
 use crate::runtime::instance::{InstanceState, Invocation};
-use crate::runtime::invoke::Invoker;
 use anyhow::Context as _;
 use http_body_util::BodyExt;
 use std::pin::Pin;
@@ -21,7 +21,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-pub use crate::runtime::invoke::InvokeError;
+pub use super::InvokeError;
 
 impl InvokeError {
     pub fn status(&self) -> http::StatusCode {
@@ -49,7 +49,7 @@ impl InvokeError {
 
     /// The JSON error answer, with `Retry-After` when retrying helps.
     pub fn into_response(self) -> http::Response<WasiBody> {
-        let mut response = crate::trigger::http::json_error(self.status(), &self.to_string());
+        let mut response = crate::listener::json_error(self.status(), &self.to_string());
         if let Some(secs) = self.retry_after_secs() {
             response
                 .headers_mut()
