@@ -101,7 +101,7 @@ impl App {
         ));
         // Components' `*.spin.internal` calls go through the HTTP trigger.
         let weak: Weak<dyn InternalDispatch> = Arc::downgrade(&http) as Weak<dyn InternalDispatch>;
-        let _ = backends.outbound_http.set(weak);
+        backends.route_internal_calls(weak);
         let deployer = Arc::new(Deployer::new(
             components.clone(),
             lifecycle.clone(),

@@ -230,6 +230,17 @@ capabilities! {
     mail: super::mail::component::Mail,
 }
 
+impl Backends {
+    /// Sends components' `http://NAME.spin.internal` calls to `dispatch`
+    /// (the HTTP trigger), once it exists.
+    pub fn route_internal_calls(
+        &self,
+        dispatch: std::sync::Weak<dyn super::outbound_http::InternalDispatch>,
+    ) {
+        let _ = self.outbound_http.set(dispatch);
+    }
+}
+
 impl InstanceStates {
     /// The `wasi:http` hooks: outbound HTTP's allow-list and chaining.
     pub fn http_hooks(&mut self) -> &mut dyn wasmtime_wasi_http::WasiHttpHooks {
