@@ -6,7 +6,8 @@
 )]
 
 pub mod gate;
-pub mod smtp_server;
+/// The SMTP test server (`host/testsupport/smtp-server`).
+pub use smtp_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

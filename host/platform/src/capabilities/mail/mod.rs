@@ -136,8 +136,4 @@ impl Mailer {
 }
 
 #[cfg(test)]
-#[path = "../../../../tests/support/smtp_server.rs"]
-mod test_smtp;
-
-#[cfg(test)]
 mod tests;

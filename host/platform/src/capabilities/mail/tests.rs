@@ -1,8 +1,8 @@
-//! The mailer against a real SMTP server speaking SMTP over TCP
-//! ([`super::test_smtp`], shared with the integration tests), and the outbox
-//! against the file system.
+//! The mailer against a real SMTP server speaking SMTP over TCP (the
+//! `smtp-server` test crate, shared with the integration tests), and the
+//! outbox against the file system.
 
-use super::test_smtp::{AuthConfig, Options, Received, SmtpServer, TlsMode};
+use smtp_server::{AuthConfig, Options, Received, SmtpServer, TlsMode};
 use super::*;
 use std::path::Path;
 
