@@ -4,7 +4,9 @@
 //! official `mongodb` driver (`[gridfs] url`; each bucket is a database with
 //! the standard `fs` GridFS bucket, as the original application used), or
 //! files under `<state-dir>/blobs/` when no server is configured. Data moves
-//! through bounded channels chunk by chunk, never as a whole file.
+//! through bounded channels chunk by chunk, never as a whole file. The same
+//! behaviour tests run on every backend
+//! (`host/platform/tests/conformance/blobs/`).
 
 mod files;
 mod gridfs;
@@ -431,6 +433,3 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, Blobs>(linker, view)
 }
-
-#[cfg(test)]
-mod tests;

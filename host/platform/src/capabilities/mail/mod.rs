@@ -13,7 +13,8 @@
 //!
 //! Without `[smtp]`, messages go to `<state-dir>/outbox/*.eml`. Both
 //! backends build the message the same way ([`message`]), so function code
-//! and the bytes produced are identical; only delivery differs.
+//! and the bytes produced are identical; only delivery differs. The tests of
+//! both backends are in `host/platform/tests/conformance/mail.rs`.
 
 pub mod component;
 mod endpoint;
@@ -134,6 +135,3 @@ impl Mailer {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;
