@@ -6,7 +6,7 @@
 //! Run with `cargo bench -p spindle --bench app` (needs ffmpeg). Knob:
 //! `BENCH_MIB` (default 1024) sets the size of the large file.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use base64::Engine as _;

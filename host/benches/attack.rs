@@ -7,7 +7,7 @@
 //! and the host share the machine, so the latencies include the attack's
 //! own CPU use on the client side.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use base64::Engine as _;

@@ -7,7 +7,7 @@
 //! The load generator shares the machine with the host, so the numbers are
 //! a floor for what the host alone could do.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use base64::Engine as _;

@@ -3,7 +3,7 @@
 // GridFS databases (buckets) it uses: `videos` and `mp3s` (the app's), and
 // `spindle-deploys` (the platform's deploy records, which every host reads
 // and writes at start-up). readWrite covers the indexes GridFS creates.
-// host/tests/k8s/credentials.rs runs the host and the worker as this user.
+// host/tests/integration/k8s/credentials.rs runs the host and the worker as this user.
 db.getSiblingDB("admin").createUser({
   user: process.env.MONGO_USERNAME,
   pwd: process.env.MONGO_PASSWORD,

@@ -4,7 +4,9 @@
 //! official `mongodb` driver (`[gridfs] url`; each bucket is a database with
 //! the standard `fs` GridFS bucket, as the original application used), or
 //! files under `<state-dir>/blobs/` when no server is configured. Data moves
-//! through bounded channels chunk by chunk, never as a whole file.
+//! through bounded channels chunk by chunk, never as a whole file. The same
+//! behaviour tests run on every backend
+//! (`host/platform/tests/conformance/blobs/`).
 
 mod capability;
 mod files;
@@ -425,6 +427,3 @@ impl<T> wit::HostWithStore<T> for Blobs {
         })
     }
 }
-
-#[cfg(test)]
-mod tests;

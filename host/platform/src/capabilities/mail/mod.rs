@@ -13,7 +13,8 @@
 //!
 //! Without `[smtp]`, messages go to `<state-dir>/outbox/*.eml`. Both
 //! backends build the message the same way ([`message`]), so function code
-//! and the bytes produced are identical; only delivery differs.
+//! and the bytes produced are identical; only delivery differs. The tests of
+//! both backends are in `host/platform/tests/conformance/mail.rs`.
 
 mod capability;
 pub mod component;
@@ -135,10 +136,3 @@ impl Mailer {
         }
     }
 }
-
-#[cfg(test)]
-#[path = "../../../../tests/support/smtp_server.rs"]
-mod test_smtp;
-
-#[cfg(test)]
-mod tests;

@@ -132,7 +132,6 @@ impl Embedded {
         Ok(moved)
     }
 
-    #[cfg(test)]
     pub(super) async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         let queue = queue.to_string();
         blocking(&self.store, move |s| s.delete_queue(&queue)).await

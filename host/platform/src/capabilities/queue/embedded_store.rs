@@ -305,7 +305,6 @@ impl Store {
         })
     }
 
-    #[cfg(test)]
     pub(super) fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         self.with("cannot delete the queue", |c| {
             c.execute("DELETE FROM messages WHERE queue = ?1", [queue])?;

@@ -6,7 +6,8 @@
 //! dead-letter). [`Broker::connect`] picks the backend: RabbitMQ when the
 //! runtime config has `[amqp] url`, else a SQLite file in
 //! `<state-dir>/queue/`. Both backends keep the same promises, and the same
-//! behavioural tests (`tests.rs`) run against each:
+//! behavioural tests (`host/platform/tests/conformance/queue/`) run against
+//! each:
 //!
 //! - **Durable, at-least-once.** [`Broker::publish`] returns only once the
 //!   message is safe (RabbitMQ publisher confirm / SQLite commit with
@@ -53,14 +54,6 @@ mod embedded;
 mod embedded_store;
 mod rabbitmq;
 mod rabbitmq_consumer;
-#[cfg(test)]
-mod test_support;
-#[cfg(test)]
-mod tests;
-#[cfg(test)]
-mod tests_embedded;
-#[cfg(test)]
-mod tests_rabbitmq;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -423,9 +416,21 @@ impl Broker {
         }
     }
 
-    /// Removes `queue`, its retry and dead-letter queues and their messages.
-    #[cfg(test)]
-    pub(crate) async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
+    /// The name this broker's RabbitMQ connection carries in its client
+    /// properties (`spindle-<pid>-<random>`), as `rabbitmqctl
+    /// list_connections` shows it, so an operator or a test can find that
+    /// connection (or force it closed); `None` for the embedded queue.
+    pub fn connection_name(&self) -> Option<&str> {
+        match self {
+            Broker::RabbitMq(b) => Some(b.connection_name()),
+            Broker::Embedded(_) => None,
+        }
+    }
+
+    /// Removes `queue`, its retry and dead-letter queues and their messages
+    /// (on RabbitMQ: the retry step queues this process declared). For tests
+    /// and tools that make throwaway queues; the platform never deletes one.
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         match self {
             Broker::RabbitMq(b) => b.delete_queue(queue).await,
             Broker::Embedded(b) => b.delete_queue(queue).await,
@@ -491,4 +496,76 @@ fn new_message_id() -> String {
 
 fn dead_queue_name(queue: &str) -> String {
     format!("{queue}.dead")
+}
+
+/// The settling rules and the backoff, which are private; what the backends
+/// make of them is in `host/platform/tests/conformance/queue/`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_settle_as_documented() {
+        let opts = ConsumeOptions {
+            prefetch: 1,
+            concurrency: 1,
+            max_attempts: 3,
+            retry_delay: Duration::from_millis(200),
+            retry_delay_max: Duration::from_millis(400),
+            ..ConsumeOptions::default()
+        };
+        assert_eq!(Settle::decide(Outcome::Ack, 1, &opts), Settle::Ack);
+        let Settle::Retry {
+            next_attempt,
+            step,
+            delay,
+            reason,
+        } = Settle::decide(Outcome::Retry("x".into()), 2, &opts)
+        else {
+            panic!("a retry before the last attempt is retried");
+        };
+        assert_eq!(
+            (next_attempt, step, reason.as_str()),
+            (3, Duration::from_millis(400), "x")
+        );
+        assert!(
+            delay >= step / 2 && delay <= step,
+            "jitter in the upper half: {delay:?}"
+        );
+        assert!(matches!(
+            Settle::decide(Outcome::Retry("x".into()), 3, &opts),
+            Settle::Dead { reason } if reason == "gave up after 3 attempts: x"
+        ));
+        assert!(matches!(
+            Settle::decide(Outcome::Defer("busy".into()), 3, &opts),
+            Settle::Retry { next_attempt: 3, step, .. } if step == opts.retry_delay
+        ));
+        assert_eq!(
+            Settle::decide(Outcome::DeadLetter("bad".into()), 1, &opts),
+            Settle::Dead {
+                reason: "bad".into()
+            }
+        );
+        assert!(Settle::over_limit(3, 3).is_none());
+        assert!(matches!(
+            Settle::over_limit(4, 3),
+            Some(Settle::Dead { reason }) if reason.contains("gave up after 3 deliveries")
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let opts = ConsumeOptions {
+            retry_delay: Duration::from_secs(5),
+            retry_delay_max: Duration::from_secs(30),
+            ..ConsumeOptions::default()
+        };
+        let steps: Vec<u64> = (1..=6).map(|a| opts.backoff(a).as_secs()).collect();
+        assert_eq!(steps, [5, 10, 20, 30, 30, 30]);
+        assert_eq!(
+            opts.backoff(u32::MAX),
+            Duration::from_secs(30),
+            "no overflow"
+        );
+    }
 }

@@ -113,8 +113,7 @@ pub struct RabbitMq {
     connection_name: String,
     queues: Vec<String>,
     live: Mutex<Option<Live>>,
-    /// Retry step queues declared by this process, for tests to clean up.
-    #[cfg(test)]
+    /// Retry step queues declared by this process, for `delete_queue`.
     steps: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -143,7 +142,6 @@ impl RabbitMq {
             target,
             queues,
             live: Mutex::new(None),
-            #[cfg(test)]
             steps: Default::default(),
         };
         // A broker that is not up yet (a cluster starting in any order) is
@@ -168,7 +166,6 @@ impl RabbitMq {
         &self.target
     }
 
-    #[cfg(test)]
     pub(super) fn connection_name(&self) -> &str {
         &self.connection_name
     }
@@ -322,7 +319,6 @@ impl RabbitMq {
         let (_, channel) = self.live().await?;
         self.declare(&channel, &name, dead_letter_args("", queue))
             .await?;
-        #[cfg(test)]
         self.steps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -538,7 +534,6 @@ impl RabbitMq {
         Ok(dropped)
     }
 
-    #[cfg(test)]
     pub(super) async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
         let channel = self.consumer_channel().await?;
         let steps: Vec<String> = self
@@ -678,5 +673,20 @@ pub(super) fn redact(url: &str) -> String {
             format!("{scheme}://{user}{masked}@{host}{path}")
         }
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://u@h/v?x=1"), "amqp://u@h/v?x=1");
+        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
     }
 }

@@ -7,12 +7,12 @@
 //! The testbed component stores blobs (`POST /blob/mp3s`) and publishes
 //! (`POST /publish/QUEUE`); notify consumes the queue.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
+use smtp_server::{Received, SmtpServer, TlsMode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::smtp_server::{Received, SmtpServer, TlsMode};
 use support::{Spindle, unique, up_with_config, write_manifest};
 
 const PUBLIC_URL: &str = "https://mp3.example.test:8443";

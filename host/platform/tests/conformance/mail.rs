@@ -1,10 +1,11 @@
-//! The mailer against a real SMTP server speaking SMTP over TCP
-//! ([`super::test_smtp`], shared with the integration tests), and the outbox
-//! against the file system.
+//! The mailer on both backends: SMTP against a real SMTP server speaking
+//! SMTP over TCP (the `smtp-server` test crate, shared with the host's
+//! tests) in each of its TLS modes, and the outbox against the file system;
+//! and that the two hold the same bytes.
 
-use super::test_smtp::{AuthConfig, Options, Received, SmtpServer, TlsMode};
-use super::*;
-use std::path::Path;
+use smtp_server::{AuthConfig, Options, Received, SmtpServer, TlsMode};
+use spindle_platform::capabilities::mail::{Email, MailError, Mailer, SmtpSettings};
+use std::path::{Path, PathBuf};
 
 fn settings(url: String, ca_file: Option<PathBuf>) -> SmtpSettings {
     SmtpSettings {

@@ -1,7 +1,7 @@
 //! The auth function over HTTP, through the repo's own `spin.toml`, on the
 //! embedded SQL engine and on a real MariaDB (`SPINDLE_TEST_MYSQL_URL`).
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

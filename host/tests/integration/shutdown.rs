@@ -4,7 +4,7 @@
 //! queue always, on RabbitMQ when `SPINDLE_TEST_AMQP_URL` is set. Also: JSON
 //! log lines for a log collector.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -10,10 +10,9 @@
 //! `#[tokio::test]` and tests of `spindle up` processes can all use it; it
 //! stops when dropped.
 //!
-//! This file is also compiled into the host's unit tests as
-//! `capabilities::mail::test_smtp` (via `#[path]`), so it uses only
-//! dependencies both have and refers to nothing outside itself.
-#![allow(dead_code, reason = "each test binary uses a different part")]
+//! Dev-only: the platform's mail conformance tests
+//! (`host/platform/tests/conformance/mail.rs`) and the host's integration
+//! tests (as `support::smtp_server`) use it; nothing links it into a binary.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;

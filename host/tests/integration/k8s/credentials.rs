@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Document, doc};
 use mysql_async::prelude::Queryable;
 
-use crate::read_text;
-use crate::support::{self, UpOptions, smtp_server::SmtpServer, smtp_server::TlsMode};
+use super::read_text;
+use crate::support::{self, UpOptions};
+use smtp_server::{SmtpServer, TlsMode};
 
 /// The database the deploy records live in (host/platform's deploy store).
 const DEPLOY_BUCKET: &str = "spindle-deploys";

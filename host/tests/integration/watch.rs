@@ -8,7 +8,7 @@
 //! version of the `deploy-probe` component (its build with the version
 //! string patched, as in `deploy.rs`).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,14 +6,14 @@
 //!
 //! Videos are made by ffmpeg at test time (`testsrc` + `sine`).
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use serde_json::Value;
+use smtp_server::{SmtpServer, TlsMode};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::smtp_server::{SmtpServer, TlsMode};
 use support::{Spindle, UpOptions, expect_json_error, unique, up, up_fails};
 
 /// ffprobe's first audio codec and the container's duration in seconds.

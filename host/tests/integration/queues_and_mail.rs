@@ -2,11 +2,11 @@
 //! components: on the embedded queue and outbox, and on RabbitMQ
 //! (`SPINDLE_TEST_AMQP_URL`) with a real SMTP server started by the test.
 
-mod support;
+use crate::support;
 
+use smtp_server::{SmtpServer, TlsMode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::smtp_server::{SmtpServer, TlsMode};
 use support::{Spindle, UpOptions, unique, up, up_with_config, write_manifest};
 
 /// The testbed publishes to `queue` and (with the trigger) handles it;

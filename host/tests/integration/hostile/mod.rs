@@ -4,9 +4,6 @@
 //! 503/429/408), never a 500, a reset or a crash, and an honest client
 //! keeps being served throughout.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod admin;
 mod budget;
 mod connections;

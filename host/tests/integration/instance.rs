@@ -3,8 +3,7 @@
 //! its HTTP trigger, without spawning `spindle`. The process-level tests
 //! (`runtime.rs`) check the same behaviour through a real listener.
 
-mod support;
-
+use crate::support;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use spindle_platform::app::{App, AppConfig};

@@ -1,7 +1,9 @@
-//! Behavioural tests, written once and run on both backends (`embedded::*`
-//! and `rabbitmq::*`). The RabbitMQ ones run when `SPINDLE_TEST_AMQP_URL` is
-//! set and say so when it is not. Backend-specific tests are in
-//! `tests_embedded.rs` and `tests_rabbitmq.rs`.
+//! The queue backends' promises (see `capabilities/queue/mod.rs`), each
+//! written once and run on every backend: `queue::embedded::NAME` on the
+//! embedded queue, `queue::rabbitmq::NAME` on RabbitMQ when
+//! `SPINDLE_TEST_AMQP_URL` is set (saying so when it is not). The
+//! backend-only tests are in `embedded.rs` and `rabbitmq.rs`, next to the
+//! shared ones they run with.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,110 +11,47 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
+use spindle_platform::capabilities::queue::{
+    Broker, ConsumeOptions, DeadLetter, DeadLetterHook, DeadLetterLimits, Delivery, Handler,
+    Outcome, QueueError,
+};
 use tokio::sync::Notify;
 
-use super::test_support::{Backend, Seen, handler, unique_queue};
-use super::{ConsumeOptions, Outcome, QueueError};
+use backend::{Backend, Seen, handler, unique_queue};
 
-/// Generates `embedded::NAME` and `rabbitmq::NAME` for each shared test.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&super::Backend::embedded()).await;
-                }
-            )*
-        }
-        mod rabbitmq {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(backend) = super::Backend::rabbitmq(stringify!($name)) else {
-                        return;
-                    };
-                    super::$name(&backend).await;
-                }
-            )*
-        }
+/// One test per shared behaviour, on the backend `$backend` makes for a
+/// test name (`None`: it cannot run here, and it said so).
+macro_rules! every_behaviour {
+    ($backend:expr) => {
+        every_behaviour!(@ $backend;
+            publish_consume_ack,
+            retry_then_dead_letter,
+            concurrency_is_bounded,
+            stop_returns_unacked_messages,
+            survives_restart_mid_handling,
+            crash_loops_are_dead_lettered,
+            retries_back_off_and_deferrals_do_not_count,
+            a_failing_hook_postpones_the_dead_letter,
+            replay_resets_the_count,
+            dead_letters_are_bounded,
+        );
+    };
+    (@ $backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(backend) = ($backend)(stringify!($name)) else {
+                    return;
+                };
+                super::$name(&backend).await;
+            }
+        )*
     };
 }
 
-on_both_backends!(
-    publish_consume_ack,
-    retry_then_dead_letter,
-    concurrency_is_bounded,
-    stop_returns_unacked_messages,
-    survives_restart_mid_handling,
-    crash_loops_are_dead_lettered,
-    retries_back_off_and_deferrals_do_not_count,
-    a_failing_hook_postpones_the_dead_letter,
-    replay_resets_the_count,
-    dead_letters_are_bounded,
-);
-
-#[test]
-fn outcomes_settle_as_documented() {
-    use super::Settle;
-    let opts = ConsumeOptions {
-        max_attempts: 3,
-        ..quick(1, 1)
-    };
-    assert_eq!(Settle::decide(Outcome::Ack, 1, &opts), Settle::Ack);
-    let Settle::Retry {
-        next_attempt,
-        step,
-        delay,
-        reason,
-    } = Settle::decide(Outcome::Retry("x".into()), 2, &opts)
-    else {
-        panic!("a retry before the last attempt is retried");
-    };
-    assert_eq!(
-        (next_attempt, step, reason.as_str()),
-        (3, Duration::from_millis(400), "x")
-    );
-    assert!(
-        delay >= step / 2 && delay <= step,
-        "jitter in the upper half: {delay:?}"
-    );
-    assert!(matches!(
-        Settle::decide(Outcome::Retry("x".into()), 3, &opts),
-        Settle::Dead { reason } if reason == "gave up after 3 attempts: x"
-    ));
-    assert!(matches!(
-        Settle::decide(Outcome::Defer("busy".into()), 3, &opts),
-        Settle::Retry { next_attempt: 3, step, .. } if step == opts.retry_delay
-    ));
-    assert_eq!(
-        Settle::decide(Outcome::DeadLetter("bad".into()), 1, &opts),
-        Settle::Dead {
-            reason: "bad".into()
-        }
-    );
-    assert!(Settle::over_limit(3, 3).is_none());
-    assert!(matches!(
-        Settle::over_limit(4, 3),
-        Some(Settle::Dead { reason }) if reason.contains("gave up after 3 deliveries")
-    ));
-}
-
-#[test]
-fn backoff_doubles_up_to_its_cap() {
-    let opts = ConsumeOptions {
-        retry_delay: Duration::from_secs(5),
-        retry_delay_max: Duration::from_secs(30),
-        ..ConsumeOptions::default()
-    };
-    let steps: Vec<u64> = (1..=6).map(|a| opts.backoff(a).as_secs()).collect();
-    assert_eq!(steps, [5, 10, 20, 30, 30, 30]);
-    assert_eq!(
-        opts.backoff(u32::MAX),
-        Duration::from_secs(30),
-        "no overflow"
-    );
-}
+mod backend;
+mod embedded;
+mod rabbitmq;
 
 fn quick(concurrency: usize, prefetch: u16) -> ConsumeOptions {
     ConsumeOptions {
@@ -421,7 +360,7 @@ async fn survives_restart_mid_handling(backend: &Backend) {
         hang_once.clone(),
         release.clone(),
     );
-    let handle: super::Handler = Arc::new(move |d| {
+    let handle: Handler = Arc::new(move |d| {
         if once.swap(false, Ordering::SeqCst) {
             h.push(d);
             let re = re.clone();
@@ -466,10 +405,10 @@ async fn survives_restart_mid_handling(backend: &Backend) {
 /// `failures` calls.
 type HookCalls = Arc<std::sync::Mutex<Vec<(u32, String)>>>;
 
-fn recording_hook(failures: usize) -> (super::DeadLetterHook, HookCalls) {
+fn recording_hook(failures: usize) -> (DeadLetterHook, HookCalls) {
     let calls: HookCalls = Arc::default();
     let c = calls.clone();
-    let hook = super::DeadLetterHook(Arc::new(move |d: super::Delivery, reason: String| {
+    let hook = DeadLetterHook(Arc::new(move |d: Delivery, reason: String| {
         let c = c.clone();
         async move {
             let mut calls = c.lock().expect("lock");
@@ -485,7 +424,7 @@ fn recording_hook(failures: usize) -> (super::DeadLetterHook, HookCalls) {
     (hook, calls)
 }
 
-async fn wait_for_dead(broker: &super::Broker, queue: &str, n: usize) -> Vec<super::DeadLetter> {
+async fn wait_for_dead(broker: &Broker, queue: &str, n: usize) -> Vec<DeadLetter> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let dead = broker.dead_letters(queue, 100).await.expect("dead letters");
@@ -512,7 +451,7 @@ async fn crash_loops_are_dead_lettered(backend: &Backend) {
         .expect("publish");
     let hung = Seen::default();
     let h = hung.clone();
-    let handle: super::Handler = Arc::new(move |d| {
+    let handle: Handler = Arc::new(move |d| {
         h.push(d);
         // Never answers: the process "dies" under it.
         std::future::pending::<Outcome>().boxed()
@@ -722,9 +661,9 @@ async fn dead_letters_are_bounded(backend: &Backend) {
     wait_for_dead(&broker, &queue, 4).await;
     consumer.stop().await;
     let bounded = ConsumeOptions {
-        dead_letters: super::DeadLetterLimits {
+        dead_letters: DeadLetterLimits {
             max_count: 1,
-            ..super::DeadLetterLimits::default()
+            ..DeadLetterLimits::default()
         },
         ..quick(1, 1)
     };

@@ -1,11 +1,15 @@
-//! Embedded-only tests: a real process killed mid-handling, and the
-//! one-process-per-directory lock.
+//! The embedded queue: every shared behaviour, and what only it has: a
+//! real process killed mid-handling, the one-process-per-directory lock,
+//! and a full disk.
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::test_support::{Backend, Seen, handler};
-use super::{Broker, ConsumeOptions, Outcome, QueueError};
+use spindle_platform::capabilities::queue::{Broker, ConsumeOptions, Outcome, QueueError};
+
+use super::backend::{Backend, Seen, handler};
+
+every_behaviour!(|_| Some(Backend::embedded()));
 
 const CHILD_DIR_VAR: &str = "SPINDLE_TEST_QUEUE_CHILD_DIR";
 const QUEUE: &str = "jobs";
@@ -49,7 +53,7 @@ async fn survives_kill_mid_handling() {
 
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
-            "capabilities::queue::tests_embedded::crash_child_helper",
+            "queue::embedded::crash_child_helper",
             "--exact",
             "--nocapture",
         ])

@@ -8,10 +8,9 @@
 //! A check whose tool is missing is skipped with a note on stderr, unless
 //! `SPINDLE_TEST_K8S` is set (`.ci/run` sets it): then it fails.
 
-mod support;
+use crate::support;
 
 // The k8s users, roles and grants with the real host and worker.
-#[path = "k8s/credentials.rs"]
 mod credentials;
 
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! RabbitMQ-only tests (when `SPINDLE_TEST_AMQP_URL` is set): the declared
-//! topology, message properties, confirms, and reconnection under load.
+//! RabbitMQ (when `SPINDLE_TEST_AMQP_URL` is set): every shared behaviour,
+//! and what only it has: the declared topology, message properties,
+//! confirms, and reconnection under load.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,27 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+use spindle_platform::capabilities::queue::{Broker, ConsumeOptions, Outcome, QueueError};
 
-use super::rabbitmq::{ATTEMPT_HEADER, RabbitMq, header_u32, message_properties, redact};
-use super::test_support::{Backend, Seen, force_close, handler, unique_queue};
-use super::{Broker, ConsumeOptions, Outcome, QueueError};
+use super::backend::{Backend, Seen, force_close, handler, unique_queue};
 
-fn rabbit(broker: &Broker) -> &Arc<RabbitMq> {
-    match broker {
-        Broker::RabbitMq(rabbit) => rabbit,
-        Broker::Embedded(_) => unreachable!("a RabbitMQ backend was asked for"),
-    }
+every_behaviour!(Backend::rabbitmq);
+
+/// The header in which the RabbitMQ backend carries a message's attempt.
+const ATTEMPT_HEADER: &str = "x-spindle-attempt";
+
+/// An integer header in any of AMQP's integer types.
+fn header_u32(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
+    let n: i64 = match headers?.inner().get(key)? {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => *n,
+        _ => return None,
+    };
+    u32::try_from(n).ok()
 }
 
-#[test]
-fn urls_are_shown_without_passwords() {
-    assert_eq!(
-        redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-        "amqp://guest:***@127.0.0.1:5672/%2f"
-    );
-    assert_eq!(redact("amqp://u@h/v?x=1"), "amqp://u@h/v?x=1");
-    assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
+/// The connection name `broker` gives RabbitMQ.
+fn connection_name(broker: &Broker) -> String {
+    broker
+        .connection_name()
+        .expect("a RabbitMQ broker names its connection")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,16 +107,16 @@ async fn topology_persistence_and_confirms() {
     );
     assert_eq!(got.delivery.data, b"hello");
 
-    // A publish nobody can receive is an error, not a silent drop.
-    let nowhere = rabbit(&broker)
-        .publish_confirmed(
-            "",
-            &unique_queue("missing"),
-            "missing",
-            b"x",
-            message_properties("id", 1, None),
+    // A publish nobody can receive is an error, not a silent drop: the
+    // queue is deleted behind the broker's back, so nothing routes to it.
+    channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
         )
-        .await;
+        .await
+        .expect("delete the queue behind the broker's back");
+    let nowhere = broker.publish(&queue, b"x").await;
     assert!(
         matches!(nowhere, Err(QueueError::Unroutable { .. })),
         "{nowhere:?}"
@@ -170,7 +182,7 @@ where
 {
     let queue = unique_queue(label);
     let broker = backend.connect(&[&queue]).await;
-    let name = rabbit(&broker).connection_name().to_string();
+    let name = connection_name(&broker);
     let seen = Seen::default();
     let s = seen.clone();
     let opts = ConsumeOptions {

@@ -7,7 +7,7 @@
 //! The second version of the `deploy-probe` component is its build with
 //! the version string patched (same length): different bytes and answers.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,5 @@
-//! Test helpers: the two backends behind one face, a recorder of
-//! deliveries, and forcing a RabbitMQ connection closed with `rabbitmqctl`.
+//! The two queue backends behind one face, a recorder of deliveries, and
+//! forcing a RabbitMQ connection closed with `rabbitmqctl`.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,24 +8,27 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::{Broker, ConsumeOptions, Consumer, Delivery, Handler, Outcome};
+use spindle_platform::capabilities::queue::{
+    Broker, ConsumeOptions, Consumer, Delivery, Handler, Outcome,
+};
 
 /// How long a test waits for something it expects.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-pub(super) enum Backend {
+pub(crate) enum Backend {
     Embedded(tempfile::TempDir),
     RabbitMq(String),
 }
 
 impl Backend {
-    pub(super) fn embedded() -> Backend {
+    /// The embedded queue in a directory of its own; runs everywhere.
+    pub(crate) fn embedded() -> Backend {
         init_tracing();
         Backend::Embedded(tempfile::tempdir().expect("temp dir"))
     }
 
     /// `None` (after saying so) when `SPINDLE_TEST_AMQP_URL` is not set.
-    pub(super) fn rabbitmq(test: &str) -> Option<Backend> {
+    pub(crate) fn rabbitmq(test: &str) -> Option<Backend> {
         init_tracing();
         match std::env::var("SPINDLE_TEST_AMQP_URL") {
             Ok(url) if !url.is_empty() => Some(Backend::RabbitMq(url)),
@@ -38,7 +41,7 @@ impl Backend {
         }
     }
 
-    pub(super) async fn connect(&self, queues: &[&str]) -> Broker {
+    pub(crate) async fn connect(&self, queues: &[&str]) -> Broker {
         let connected = match self {
             Backend::Embedded(dir) => Broker::connect(None, dir.path(), queues).await,
             Backend::RabbitMq(url) => {
@@ -52,7 +55,7 @@ impl Backend {
     /// on disk, the process "dies" (the consumer is killed, the broker
     /// dropped) and a new one starts on the same directory; on RabbitMQ,
     /// the broker force-closes the connection and the consumer recovers.
-    pub(super) async fn interrupt(
+    pub(crate) async fn interrupt(
         &self,
         broker: Broker,
         consumer: Consumer,
@@ -60,8 +63,8 @@ impl Backend {
         opts: ConsumeOptions,
         handler: Handler,
     ) -> (Broker, Consumer) {
-        match (self, &broker) {
-            (Backend::Embedded(_), _) => {
+        match self {
+            Backend::Embedded(_) => {
                 consumer.abort().await;
                 drop(broker);
                 let broker = self.connect(&[queue]).await;
@@ -71,19 +74,21 @@ impl Backend {
                     .expect("consume after restart");
                 (broker, consumer)
             }
-            (Backend::RabbitMq(_), Broker::RabbitMq(rabbit)) => {
-                let closed = force_close(rabbit.connection_name()).await;
+            Backend::RabbitMq(_) => {
+                let name = broker
+                    .connection_name()
+                    .expect("a RabbitMQ broker names its connection");
+                let closed = force_close(name).await;
                 assert_eq!(closed, 1, "one connection to force-close");
                 (broker, consumer)
             }
-            (Backend::RabbitMq(_), Broker::Embedded(_)) => unreachable!("backend mismatch"),
         }
     }
 }
 
 /// Closes, from the broker's side, every connection whose client
 /// properties carry `connection_name`; returns how many it closed.
-pub(super) async fn force_close(connection_name: &str) -> usize {
+pub(crate) async fn force_close(connection_name: &str) -> usize {
     let rabbitmqctl = |args: Vec<&str>| {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
         async move {
@@ -131,14 +136,14 @@ pub(super) async fn force_close(connection_name: &str) -> usize {
 }
 
 /// A queue name no other test run uses.
-pub(super) fn unique_queue(name: &str) -> String {
+pub(crate) fn unique_queue(name: &str) -> String {
     format!(
         "spindle-test-{name}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     )
 }
 
-pub(super) fn handler<F, Fut>(f: F) -> Handler
+pub(crate) fn handler<F, Fut>(f: F) -> Handler
 where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -148,19 +153,19 @@ where
 
 /// Deliveries a handler saw, in order.
 #[derive(Clone, Default)]
-pub(super) struct Seen(Arc<Mutex<Vec<Delivery>>>);
+pub(crate) struct Seen(Arc<Mutex<Vec<Delivery>>>);
 
 impl Seen {
-    pub(super) fn push(&self, delivery: Delivery) {
+    pub(crate) fn push(&self, delivery: Delivery) {
         self.0.lock().expect("lock").push(delivery);
     }
 
-    pub(super) fn snapshot(&self) -> Vec<Delivery> {
+    pub(crate) fn snapshot(&self) -> Vec<Delivery> {
         self.0.lock().expect("lock").clone()
     }
 
     /// Waits until `done` holds for what was seen, or panics after a while.
-    pub(super) async fn wait_until(
+    pub(crate) async fn wait_until(
         &self,
         what: &str,
         done: impl Fn(&[Delivery]) -> bool,

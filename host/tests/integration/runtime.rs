@@ -2,7 +2,7 @@
 //! generations, streaming in both directions, limits, variables, outbound
 //! HTTP, manifest errors, the compile cache and the admin listener.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
