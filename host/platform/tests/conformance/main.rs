@@ -15,5 +15,6 @@
 //! `#[cfg(test)]` modules under `src/`.
 
 mod blobs;
+mod layers;
 mod mail;
 mod queue;
