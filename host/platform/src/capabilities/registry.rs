@@ -1,5 +1,6 @@
-//! The capabilities this host offers, one line each in the
-//! `capabilities!` list at the bottom. The macro writes, for the list:
+//! How the capabilities are registered: `capabilities/mod.rs` lists them,
+//! one line each, in a `capabilities!` invocation. The macro declares each
+//! capability's module and writes, for the list:
 //!
 //! - [`Grants`]: what one component is granted, parsed from its entry;
 //! - [`Backends`]: every backend, built by [`Backends::build`], the one
@@ -9,14 +10,15 @@
 //! - [`add_to_linker`], readiness checks and the grant checks deploys make.
 //!
 //! Adding a capability is a new folder with an `impl Capability` and one
-//! line in that list.
+//! line in that list; nothing else names it.
 
-use super::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState, StateView};
+use super::capability::{GrantEntry, GrantError};
+use super::{CONFIG_SECTIONS, GRANT_KEYS, Grants, InstanceStates};
 use crate::manifest::{Manifest, ManifestError};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 
 /// Store data that carries the capabilities' instance states (the runtime's
 /// per-instance state).
@@ -48,49 +50,51 @@ where
 
 macro_rules! capabilities {
     ($($field:ident: $cap:ty),* $(,)?) => {
+        $(pub mod $field;)*
+
         /// What one component is granted, capability by capability.
         #[derive(Clone)]
         pub struct Grants {
-            $(pub $field: <$cap as Capability>::Grant,)*
+            $(pub $field: <$cap as $crate::capabilities::Capability>::Grant,)*
         }
 
         /// Every capability's backend, shared by all components.
         #[derive(Clone)]
         pub struct Backends {
-            $(pub $field: <$cap as Capability>::Backend,)*
+            $(pub $field: <$cap as $crate::capabilities::Capability>::Backend,)*
         }
 
         /// What one instance holds, capability by capability.
         #[derive(Clone)]
         pub struct InstanceStates {
-            $($field: <$cap as Capability>::State,)*
+            $($field: <$cap as $crate::capabilities::Capability>::State,)*
         }
 
         $(
-            impl<T: CapabilityHost> HasState<$cap> for T {
-                fn view(&mut self) -> StateView<'_, $cap> {
+            impl<T: $crate::capabilities::registry::CapabilityHost> $crate::capabilities::capability::HasState<$cap> for T {
+                fn view(&mut self) -> $crate::capabilities::capability::StateView<'_, $cap> {
                     let (states, table) = self.capability_states();
-                    StateView { state: &mut states.$field, table }
+                    $crate::capabilities::capability::StateView { state: &mut states.$field, table }
                 }
             }
         )*
 
         /// Every `[component.ID]` key some capability owns.
-        pub const GRANT_KEYS: &[&[&str]] = &[$(<$cap as Capability>::GRANT_KEYS,)*];
+        pub const GRANT_KEYS: &[&[&str]] = &[$(<$cap as $crate::capabilities::Capability>::GRANT_KEYS,)*];
 
         /// Every runtime-config section some capability owns.
-        const CONFIG_SECTIONS: &[Option<&str>] = &[$(<$cap as Capability>::CONFIG_SECTION,)*];
+        pub(crate) const CONFIG_SECTIONS: &[Option<&str>] = &[$(<$cap as $crate::capabilities::Capability>::CONFIG_SECTION,)*];
 
         impl Grants {
-            fn parse_entry(entry: &GrantEntry<'_>) -> Result<Self, GrantError> {
-                Ok(Grants { $($field: <$cap as Capability>::grant(entry)?,)* })
+            fn parse_entry(entry: &$crate::capabilities::capability::GrantEntry<'_>) -> Result<Self, $crate::capabilities::capability::GrantError> {
+                Ok(Grants { $($field: <$cap as $crate::capabilities::Capability>::grant(entry)?,)* })
             }
 
             /// The names of the capabilities this grants any use of.
             pub fn granted(&self) -> Vec<&'static str> {
                 let mut names = Vec::new();
-                $(if <$cap as Capability>::is_granted(&self.$field) {
-                    names.push(<$cap as Capability>::NAME);
+                $(if <$cap as $crate::capabilities::Capability>::is_granted(&self.$field) {
+                    names.push(<$cap as $crate::capabilities::Capability>::NAME);
                 })*
                 names
             }
@@ -102,7 +106,7 @@ macro_rules! capabilities {
                     .iter()
                     .filter_map(|import| {
                         let need = None
-                            $(.or_else(|| <$cap as Capability>::missing_grant(import, &self.$field)))*;
+                            $(.or_else(|| <$cap as $crate::capabilities::Capability>::missing_grant(import, &self.$field)))*;
                         need.map(|need| format!("{import} (grant: {need})"))
                     })
                     .collect()
@@ -112,39 +116,39 @@ macro_rules! capabilities {
         impl Backends {
             /// Builds every backend from the runtime config, embedded
             /// defaults where it has no section.
-            pub async fn build(env: &BackendEnv<'_>) -> anyhow::Result<Self> {
-                check_sections(env.runtime_config)?;
-                Ok(Backends { $($field: <$cap as Capability>::backend(env).await?,)* })
+            pub async fn build(env: &$crate::capabilities::capability::BackendEnv<'_>) -> anyhow::Result<Self> {
+                registry::check_sections(env.runtime_config)?;
+                Ok(Backends { $($field: <$cap as $crate::capabilities::Capability>::backend(env).await?,)* })
             }
 
             /// The state every instance of component `id` starts from.
             pub fn prepare(&self, grants: &Grants, id: &str) -> InstanceStates {
                 InstanceStates {
-                    $($field: <$cap as Capability>::prepare(&self.$field, &grants.$field, id),)*
+                    $($field: <$cap as $crate::capabilities::Capability>::prepare(&self.$field, &grants.$field, id),)*
                 }
             }
 
             /// One line per backend, for the start-up summary.
             pub fn describe(&self) -> Vec<(&'static str, String)> {
                 let mut lines = Vec::new();
-                $(if let Some(line) = <$cap as Capability>::describe(&self.$field) {
-                    lines.push((<$cap as Capability>::NAME, line));
+                $(if let Some(line) = <$cap as $crate::capabilities::Capability>::describe(&self.$field) {
+                    lines.push((<$cap as $crate::capabilities::Capability>::NAME, line));
                 })*
                 lines
             }
 
             /// Checks the backends of the capabilities named in `which`,
-            /// all at once, each bounded by [`probe`].
-            pub async fn check(&self, which: &[&'static str]) -> Vec<Check> {
+            /// all at once, each bounded by [`registry::probe`].
+            pub async fn check(&self, which: &[&'static str]) -> Vec<registry::Check> {
                 let ($($field,)*) = tokio::join!($(
                     async {
-                        let name = <$cap as Capability>::NAME;
+                        let name = <$cap as $crate::capabilities::Capability>::NAME;
                         which.contains(&name).then_some(())?;
-                        Some(Check {
+                        Some(registry::Check {
                             name,
-                            result: probe(
-                                <$cap as Capability>::BACKEND_NAME,
-                                <$cap as Capability>::ready(&self.$field),
+                            result: registry::probe(
+                                <$cap as $crate::capabilities::Capability>::BACKEND_NAME,
+                                <$cap as $crate::capabilities::Capability>::ready(&self.$field),
                             ).await,
                         })
                     },
@@ -154,17 +158,19 @@ macro_rules! capabilities {
 
             /// The names of every capability whose backend can be checked.
             pub fn names() -> Vec<&'static str> {
-                vec![$(<$cap as Capability>::NAME,)*]
+                vec![$(<$cap as $crate::capabilities::Capability>::NAME,)*]
             }
         }
 
         /// Links every capability's imports.
-        pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-            $(<$cap as Capability>::add_to_linker(linker)?;)*
+        pub fn add_to_linker<T: registry::CapabilityHost>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+            $(<$cap as $crate::capabilities::Capability>::add_to_linker(linker)?;)*
             Ok(())
         }
     };
 }
+
+pub(crate) use capabilities;
 
 /// Parses and validates every component's grants.
 pub fn grants(manifest: &Manifest) -> Result<BTreeMap<String, Grants>, ManifestError> {
@@ -206,7 +212,7 @@ pub fn grants(manifest: &Manifest) -> Result<BTreeMap<String, Grants>, ManifestE
 
 /// Refuses runtime-config sections no capability owns (a typo such as
 /// `[mysqll]` would otherwise silently select the embedded default).
-fn check_sections(config: &crate::runtime_config::RuntimeConfig) -> anyhow::Result<()> {
+pub(crate) fn check_sections(config: &crate::runtime_config::RuntimeConfig) -> anyhow::Result<()> {
     let known: Vec<&str> = CONFIG_SECTIONS.iter().flatten().copied().collect();
     if let Some(name) = config
         .sections
@@ -221,16 +227,7 @@ fn check_sections(config: &crate::runtime_config::RuntimeConfig) -> anyhow::Resu
     Ok(())
 }
 
-capabilities! {
-    variables: super::variables::Variables,
-    outbound_http: super::outbound_http::Outbound,
-    mysql: super::mysql::Mysql,
-    blobs: super::blobs::Blobs,
-    queue: super::queue::component::Publisher,
-    mail: super::mail::component::Mail,
-}
-
-impl Backends {
+impl super::Backends {
     /// Sends components' `http://NAME.spin.internal` calls to `dispatch`
     /// (the HTTP trigger), once it exists.
     pub fn route_internal_calls(

@@ -4,7 +4,7 @@
 //! call time.
 
 use super::instance::InstanceState;
-use crate::capabilities::registry;
+use crate::capabilities;
 use anyhow::Result;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -15,6 +15,6 @@ pub fn build(engine: &Engine) -> Result<Linker<InstanceState>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-    registry::add_to_linker(&mut linker)?;
+    capabilities::add_to_linker(&mut linker)?;
     Ok(linker)
 }
