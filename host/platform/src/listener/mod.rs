@@ -470,29 +470,6 @@ impl Drop for Tracked {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_max_connections_sizes_for_the_machine() {
-        let limits = Limits {
-            max_connections: 0,
-            ..Limits::default()
-        };
-        let cap = Hygiene::from_limits(&limits).max_connections;
-        assert!((1..=16384).contains(&cap), "{cap}");
-        if let Some(soft) = open_file_limit() {
-            assert_eq!(cap as u64, (soft / 2).clamp(1, 16384));
-        }
-        let limits = Limits {
-            max_connections: 7,
-            ..Limits::default()
-        };
-        assert_eq!(Hygiene::from_limits(&limits).max_connections, 7);
-    }
-}
-
 /// A complete response from the host itself (not from a component).
 pub fn host_response(
     status: StatusCode,
@@ -516,4 +493,27 @@ pub fn host_response(
 pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
     let body = serde_json::json!({ "error": message }).to_string();
     host_response(status, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_max_connections_sizes_for_the_machine() {
+        let limits = Limits {
+            max_connections: 0,
+            ..Limits::default()
+        };
+        let cap = Hygiene::from_limits(&limits).max_connections;
+        assert!((1..=16384).contains(&cap), "{cap}");
+        if let Some(soft) = open_file_limit() {
+            assert_eq!(cap as u64, (soft / 2).clamp(1, 16384));
+        }
+        let limits = Limits {
+            max_connections: 7,
+            ..Limits::default()
+        };
+        assert_eq!(Hygiene::from_limits(&limits).max_connections, 7);
+    }
 }

@@ -105,7 +105,7 @@ impl HttpTrigger {
         parts: &mut http::request::Parts,
         matched: &RouteMatch<'_>,
         origin: &Origin,
-    ) -> Result<(), http::Response<WasiBody>> {
+    ) -> Result<(), MalformedUri> {
         let authority = match origin {
             Origin::Client(_) => parts
                 .headers
@@ -122,9 +122,7 @@ impl HttpTrigger {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let full_url = format!("http://{authority}{path_and_query}");
-        parts.uri = full_url
-            .parse()
-            .map_err(|_| json_error(StatusCode::BAD_REQUEST, "the request URI is malformed"))?;
+        parts.uri = full_url.parse().map_err(|_| MalformedUri)?;
         let client = match origin {
             Origin::Client(client) => client.to_string(),
             Origin::Chained => self.listen_addr.to_string(),
@@ -173,8 +171,8 @@ impl HttpTrigger {
             return response;
         };
         let (mut parts, body) = req.into_parts();
-        if let Err(response) = self.spin_headers(&mut parts, &matched, &Origin::Client(client)) {
-            return response;
+        if let Err(e) = self.spin_headers(&mut parts, &matched, &Origin::Client(client)) {
+            return e.into_response();
         }
         // A small body arrives in full before any component slot or
         // instance is taken, so a client trickling it holds only its
@@ -255,6 +253,15 @@ impl HttpTrigger {
     }
 }
 
+/// A request URI that does not make an absolute URL.
+struct MalformedUri;
+
+impl MalformedUri {
+    fn into_response(self) -> http::Response<WasiBody> {
+        json_error(StatusCode::BAD_REQUEST, "the request URI is malformed")
+    }
+}
+
 /// The route of a chained call to a component the path does not route to.
 const PRIVATE_ROUTE: &str = "internal call";
 static PRIVATE: RoutePattern = RoutePattern::Private;
@@ -276,8 +283,8 @@ impl InternalDispatch for HttpTrigger {
                 return Err(HttpError::DestinationNotFound);
             };
             let (mut parts, body) = request.into_parts();
-            if let Err(response) = self.spin_headers(&mut parts, &matched, &Origin::Chained) {
-                return Ok(response);
+            if let Err(e) = self.spin_headers(&mut parts, &matched, &Origin::Chained) {
+                return Ok(e.into_response());
             }
             let request = http::Request::from_parts(parts, body);
             Ok(self.invoke(&matched, request, started).await)
