@@ -9,10 +9,13 @@
 //! - [`app`]: a loaded application; [`deploy`]: hot redeploys of its
 //!   components; [`admin`] and [`metrics`]: operating it.
 //! - [`listener`]: the accept loop and connection limits both listeners share.
+//! - [`clock`], [`signals`], [`urls`]: small helpers the host, the worker
+//!   and the backends share.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
+pub mod clock;
 pub mod deploy;
 pub mod listener;
 pub mod logging;
@@ -20,4 +23,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod runtime;
 pub mod runtime_config;
+pub mod signals;
 pub mod trigger;
+pub mod urls;
