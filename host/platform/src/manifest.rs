@@ -375,7 +375,7 @@ impl Manifest {
                 crate::capabilities::blobs::check_bucket(bucket).map_err(|e| {
                     err(
                         format!("component.{id}.blob_buckets[{i}]"),
-                        format!("{e:?}"),
+                        e.to_string(),
                         "name buckets with letters, digits, - and _".into(),
                     )
                 })?;

@@ -66,16 +66,6 @@ impl Action {
             Action::Rollback => "rollback",
         }
     }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "manifest" => Action::Manifest,
-            "deploy" => Action::Deploy,
-            "watch" => Action::Watch,
-            "rollback" => Action::Rollback,
-            _ => return None,
-        })
-    }
 }
 
 /// One version of one component: what, when, how, from where and by whom.
@@ -162,8 +152,8 @@ impl DeployError {
     }
 }
 
-fn store_err(e: crate::capabilities::blobs::Error) -> DeployError {
-    DeployError::Store(format!("{e:?}"))
+fn store_err(e: store::StoreError) -> DeployError {
+    DeployError::Store(e.to_string())
 }
 
 /// What a deploy or rollback did.
