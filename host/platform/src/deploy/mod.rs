@@ -34,6 +34,7 @@
 
 pub(crate) mod store;
 
+use crate::admin::api::{ComponentStatus, ErrorBody, History};
 use crate::app::{App, Linked, Running, Startup};
 use crate::capabilities::queue::{BROADCAST_DEPLOYS, Signal};
 use crate::manifest::AmqpTarget;
@@ -101,18 +102,6 @@ impl VersionRecord {
     pub fn short(&self) -> &str {
         &self.version[..12.min(self.version.len())]
     }
-
-    /// For `spindle status`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "version": self.short(),
-            "sha256": self.version,
-            "action": self.action,
-            "source": self.source,
-            "host": self.host,
-            "deployed_at": rfc3339(self.deployed_at_ms),
-        })
-    }
 }
 
 /// Why a deploy or rollback did not happen; nothing changed in any case.
@@ -166,19 +155,6 @@ pub struct DeployReport {
     /// Compiling (or loading from the cache) and linking.
     pub compile_time: Duration,
     pub total_time: Duration,
-}
-
-impl DeployReport {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "component": self.record.component,
-            "changed": self.changed,
-            "version": self.record.to_json(),
-            "previous": self.previous.to_json(),
-            "compile_ms": self.compile_time.as_millis() as u64,
-            "total_ms": self.total_time.as_millis() as u64,
-        })
-    }
 }
 
 /// Refuses imports of capabilities the component's manifest entry does not
@@ -548,7 +524,7 @@ impl App {
     }
 
     /// Per component: the running version, its history and its triggers.
-    pub async fn deploy_status(&self) -> serde_json::Value {
+    pub async fn deploy_status(&self) -> Vec<ComponentStatus> {
         let manifest = &self.loader.manifest;
         let mut list = Vec::new();
         for id in manifest.components.keys() {
@@ -557,10 +533,11 @@ impl App {
             };
             let history = match store::records(self.blobs(), id).await {
                 Ok(records) => {
-                    let stack = history(records);
-                    serde_json::json!(stack.iter().rev().map(|r| r.to_json()).collect::<Vec<_>>())
+                    History::Versions(history(records).iter().rev().map(Into::into).collect())
                 }
-                Err(e) => serde_json::json!({ "error": format!("{e:?}") }),
+                Err(e) => History::Unreadable(ErrorBody {
+                    error: e.to_string(),
+                }),
             };
             let routes: Vec<String> = manifest
                 .http_routes
@@ -574,15 +551,15 @@ impl App {
                 .filter(|t| matches!(t.target(), AmqpTarget::Component(c) if c == id))
                 .map(|t| t.queue.clone())
                 .collect();
-            list.push(serde_json::json!({
-                "component": id,
-                "current": running.record.to_json(),
-                "routes": routes,
-                "queues": queues,
-                "history": history,
-            }));
+            list.push(ComponentStatus {
+                component: id.clone(),
+                current: (&running.record).into(),
+                routes,
+                queues,
+                history,
+            });
         }
-        serde_json::Value::from(list)
+        list
     }
 }
 
