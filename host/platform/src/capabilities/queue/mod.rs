@@ -52,6 +52,7 @@ mod embedded;
 mod embedded_store;
 mod rabbitmq;
 mod rabbitmq_consumer;
+mod reconnect;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
@@ -356,7 +357,7 @@ impl Broker {
     ) -> Result<Consumer, QueueError> {
         opts.validate()?;
         match self {
-            Broker::RabbitMq(b) => b.consume(queue, opts, handler).await,
+            Broker::RabbitMq(b) => rabbitmq_consumer::start(b.clone(), queue, opts, handler).await,
             Broker::Embedded(b) => b.consume(queue, opts, handler).await,
         }
     }
