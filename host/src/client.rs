@@ -6,8 +6,11 @@
 
 use crate::cli::{AdminArgs, DeadLettersArgs, DeployArgs, RollbackArgs};
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
-use spindle_platform::admin::{DeadLetterView, ReplayReport, token};
+use serde::de::DeserializeOwned;
+use spindle_platform::admin::token;
+use spindle_platform::api::{
+    ComponentStatus, DeadLetterView, DeployReportView, ErrorBody, History, ReplayReport,
+};
 use spindle_platform::manifest::Manifest;
 use std::path::Path;
 
@@ -46,9 +49,9 @@ fn token(admin: &AdminArgs) -> Result<Option<String>> {
     Ok(token::read(&token::path(&admin.state_dir))?)
 }
 
-/// Sends `req`; returns the JSON body of a success, or an error carrying
+/// Sends `req`; returns the body of a success as `T`, or an error carrying
 /// the host's message.
-async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> {
+async fn send<T: DeserializeOwned>(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<T> {
     let resp = req.send().await.map_err(|e| {
         let cause = causes(&e);
         if cause.contains("certificate") {
@@ -70,14 +73,15 @@ async fn send(admin: &AdminArgs, req: reqwest::RequestBuilder) -> Result<Value> 
         .text()
         .await
         .context("reading the admin API's answer")?;
-    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     if status.is_success() {
-        return Ok(value);
+        return serde_json::from_str(&body)
+            .with_context(|| format!("reading the admin API's answer ({status}): {body}"));
     }
-    let message = value["error"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| value.to_string());
+    // Anything that is not the API's own error shape is shown as it came.
+    let message = match serde_json::from_str::<ErrorBody>(&body) {
+        Ok(ErrorBody { error }) => error,
+        Err(_) => body,
+    };
     if status == reqwest::StatusCode::UNAUTHORIZED {
         if token(admin).ok().flatten().is_none() {
             bail!(
@@ -104,17 +108,17 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn print_report(verb: &str, report: &Value) {
-    let component = report["component"].as_str().unwrap_or("?");
-    let version = report["version"]["version"].as_str().unwrap_or("?");
-    let previous = report["previous"]["version"].as_str().unwrap_or("?");
-    if report["changed"] == Value::Bool(false) {
+fn print_report(verb: &str, report: &DeployReportView) {
+    let component = &report.component;
+    let version = &report.version.version;
+    let previous = &report.previous.version;
+    if !report.changed {
         println!("{component} already runs {version}; nothing changed");
         return;
     }
     println!(
         "{verb} {component}: {version} (was {previous}) in {} ms, of which compiling and linking {} ms",
-        report["total_ms"], report["compile_ms"]
+        report.total_ms, report.compile_ms
     );
 }
 
@@ -157,7 +161,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         source_header(&source),
     )
     .body(wasm);
-    let report = send(&args.admin, req).await?;
+    let report: DeployReportView = send(&args.admin, req).await?;
     print_report("Deployed", &report);
     Ok(())
 }
@@ -183,25 +187,24 @@ pub async fn rollback(args: RollbackArgs) -> Result<()> {
         reqwest::Method::POST,
         &format!("/components/{}/rollback", args.component),
     )?;
-    let report = send(&args.admin, req).await?;
+    let report: DeployReportView = send(&args.admin, req).await?;
     print_report("Rolled back", &report);
     Ok(())
 }
 
 pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
-    let list = send(
+    let rows: Vec<ComponentStatus> = send(
         &admin,
         request(&admin, reqwest::Method::GET, "/components")?,
     )
     .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let rows = list.as_array().cloned().unwrap_or_default();
     let width = rows
         .iter()
-        .filter_map(|c| c["component"].as_str().map(str::len))
+        .map(|c| c.component.len())
         .max()
         .unwrap_or(9)
         .max(9);
@@ -210,30 +213,19 @@ pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
         "COMPONENT", "VERSION", "DEPLOYED", "HOW", "HISTORY"
     );
     for c in &rows {
-        let current = &c["current"];
-        let strings = |v: &Value| {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
+        let current = &c.current;
+        let mut triggers = c.routes.clone();
+        triggers.extend(c.queues.iter().map(|q| format!("queue {q}")));
+        let history = match &c.history {
+            History::Versions(versions) => versions.len(),
+            History::Unreadable(_) => 1,
         };
-        let mut triggers = strings(&c["routes"]);
-        triggers.extend(
-            strings(&c["queues"])
-                .into_iter()
-                .map(|q| format!("queue {q}")),
-        );
-        let history = c["history"].as_array().map_or(1, Vec::len);
         println!(
             "{:width$}  {:12}  {:24}  {:8}  {:6}  {}",
-            c["component"].as_str().unwrap_or("?"),
-            current["version"].as_str().unwrap_or("?"),
-            current["deployed_at"].as_str().unwrap_or("?"),
-            current["action"].as_str().unwrap_or("?"),
+            c.component,
+            current.version,
+            current.deployed_at,
+            current.action.as_str(),
             history,
             if triggers.is_empty() {
                 "-".to_string()
@@ -241,12 +233,7 @@ pub async fn status(admin: AdminArgs, json: bool) -> Result<()> {
                 triggers.join(", ")
             },
         );
-        println!(
-            "{:width$}  from {} by {}",
-            "",
-            current["source"].as_str().unwrap_or("?"),
-            current["host"].as_str().unwrap_or("?")
-        );
+        println!("{:width$}  from {} by {}", "", current.source, current.host);
     }
     Ok(())
 }
@@ -264,29 +251,29 @@ pub async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
             format!("/queues/{queue}/dead-letters?limit={}", args.limit),
         )
     };
-    let answer = send(&args.admin, request(&args.admin, method, &path)?).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
-    }
+    let req = request(&args.admin, method, &path)?;
     if args.replay {
-        let report: ReplayReport =
-            serde_json::from_value(answer).context("reading the admin API's answer")?;
-        println!(
-            "Replayed {} dead letter(s) of `{}` onto the queue, attempts reset",
-            report.replayed, report.queue
-        );
+        let report: ReplayReport = send(&args.admin, req).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "Replayed {} dead letter(s) of `{}` onto the queue, attempts reset",
+                report.replayed, report.queue
+            );
+        }
         return Ok(());
     }
-    let letters: Vec<DeadLetterView> =
-        serde_json::from_value(answer).context("reading the admin API's answer")?;
+    let letters: Vec<DeadLetterView> = send(&args.admin, req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&letters)?);
+        return Ok(());
+    }
     if letters.is_empty() {
         println!("No dead letters in `{queue}`");
         return Ok(());
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = spindle_platform::clock::now_ms();
     println!("{:36}  {:7}  {:9}  REASON", "MESSAGE-ID", "ATTEMPT", "AGE");
     for letter in &letters {
         let age = letter.dead_at_ms.map_or("?".to_string(), |at| {

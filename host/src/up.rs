@@ -174,7 +174,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let shutdown = {
         let app = app.clone();
         async move {
-            let signal = shutdown_signal().await;
+            let signal = spindle_platform::signals::shutdown_signal().await;
             tracing::info!(
                 "{signal}: draining (not ready, no new connections or messages, up to {}s for in-flight work)",
                 drain.as_secs()
@@ -252,22 +252,6 @@ async fn stop_consumers(
         .into_iter()
         .filter(|late| *late)
         .count()
-}
-
-/// Ctrl-C or SIGTERM (what Kubernetes sends); names the one that came.
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            return tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted",
-                _ = term.recv() => "SIGTERM",
-            };
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    "interrupted"
 }
 
 /// Names this host in deploy records: the host name (the pod name on

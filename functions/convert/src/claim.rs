@@ -9,8 +9,9 @@
 //! [`LEASE`]; a holder that died loses the job to the next delivery once
 //! its lease has run out. An empty value means nobody holds it.
 
-use spindle_platform::capabilities::blobs::{BlobStore, Error as BlobError, FileInfo};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use spindle_platform::capabilities::blobs::{BlobError, BlobStore, FileInfo};
+use spindle_platform::clock::now_ms;
+use std::time::Duration;
 
 use crate::job::VIDEOS;
 
@@ -135,12 +136,6 @@ fn stamp(token: &str) -> String {
 
 fn uuid_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use crate::claim::{Claim, Held, Lost};
 use crate::ffmpeg::{Failure, Ffmpeg};
 use crate::message::JobMessage;
 use bytes::Bytes;
-use spindle_platform::capabilities::blobs::{BlobStore, Error as BlobError, FileInfo, NewFile};
+use spindle_platform::capabilities::blobs::{BlobError, BlobStore, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{Broker, Delivery, Outcome};
 use spindle_platform::metrics::ConversionMetrics;
 use std::path::PathBuf;
@@ -70,22 +70,11 @@ enum Stop {
     Superseded,
 }
 
-fn blob_reason(e: &BlobError) -> String {
-    match e {
-        BlobError::PermissionDenied(m)
-        | BlobError::NotFound(m)
-        | BlobError::Invalid(m)
-        | BlobError::Aborted(m)
-        | BlobError::Backend(m)
-        | BlobError::StorageFull(m) => m.clone(),
-    }
-}
-
 impl From<Lost> for Stop {
     fn from(lost: Lost) -> Self {
         match lost {
             Lost::Taken => Stop::Superseded,
-            Lost::Backend(e) => Stop::Retry(blob_reason(&e)),
+            Lost::Backend(e) => Stop::Retry(e.to_string()),
         }
     }
 }
@@ -136,8 +125,8 @@ impl Converter {
         };
         let video = match self.blobs.stat(VIDEOS, &job.video_fid).await {
             Ok(v) => v,
-            Err(BlobError::NotFound(_) | BlobError::Invalid(_)) => return Ok(()),
-            Err(e) => return Err(format!("reading the job's video: {}", blob_reason(&e))),
+            Err(BlobError::NotFound { .. } | BlobError::Invalid(_)) => return Ok(()),
+            Err(e) => return Err(format!("reading the job's video: {e}")),
         };
         if !belongs(&video, &job) || matches!(meta(&video, "state"), Some("done" | "failed")) {
             return Ok(());
@@ -168,20 +157,17 @@ impl Converter {
                 Ok(())
             }
             Ok(None) => Err("the job changed while it was being marked failed".into()),
-            Err(e) => Err(format!("marking the job failed: {}", blob_reason(&e))),
+            Err(e) => Err(format!("marking the job failed: {e}")),
         }
     }
 
     async fn run(&self, job: &JobMessage, replayed: bool) -> Result<(), Stop> {
         let video = match self.blobs.stat(VIDEOS, &job.video_fid).await {
             Ok(v) => v,
-            Err(e @ (BlobError::NotFound(_) | BlobError::Invalid(_))) => {
-                return Err(Stop::Reject(format!(
-                    "the uploaded video is gone: {}",
-                    blob_reason(&e)
-                )));
+            Err(e @ (BlobError::NotFound { .. } | BlobError::Invalid(_))) => {
+                return Err(Stop::Reject(format!("the uploaded video is gone: {e}")));
             }
-            Err(e) => return Err(Stop::Retry(blob_reason(&e))),
+            Err(e) => return Err(Stop::Retry(e.to_string())),
         };
         // Only what was stored with the upload is trusted: a message naming
         // someone else's video, or another job, converts nothing.
@@ -225,7 +211,7 @@ impl Converter {
                     job.job_id
                 )));
             }
-            Err(Lost::Backend(e)) => return Err(Stop::Retry(blob_reason(&e))),
+            Err(Lost::Backend(e)) => return Err(Stop::Retry(e.to_string())),
         };
         let (claim, converted) = self.under_claim(claim, job, &video).await;
         let (mp3, created) = match converted {
@@ -299,7 +285,7 @@ impl Converter {
                     Err(Lost::Taken) => return (None, Err(Stop::Superseded)),
                     Err(Lost::Backend(e)) => {
                         // The lease still runs; the next renewal may get through.
-                        tracing::warn!(job_id = %job.job_id, "could not renew the claim: {}", blob_reason(&e));
+                        tracing::warn!(job_id = %job.job_id, "could not renew the claim: {e}");
                     }
                 },
             }
@@ -313,7 +299,7 @@ impl Converter {
             .blobs
             .find(MP3S, "job_id", &job.job_id)
             .await
-            .map_err(|e| Stop::Retry(blob_reason(&e)))?;
+            .map_err(|e| Stop::Retry(e.to_string()))?;
         found.sort_by_key(|f| f.uploaded_at);
         for extra in found.iter().skip(1) {
             tracing::warn!(job_id = %job.job_id, mp3_fid = %extra.id, "removing a duplicate MP3");
@@ -366,15 +352,12 @@ impl Converter {
             ),
             (Err(Failure::Unconvertible(reason)), stored) => (stored.ok(), Stop::Fail(reason)),
             (Err(Failure::Transient(reason)), stored) => (stored.ok(), Stop::Retry(reason)),
-            (Ok(()), Err(e)) => (
-                None,
-                Stop::Retry(format!("storing the MP3: {}", blob_reason(&e))),
-            ),
+            (Ok(()), Err(e)) => (None, Stop::Retry(format!("storing the MP3: {e}"))),
         };
         if let (Some(partial), _) = &outcome
             && let Err(e) = self.blobs.delete(MP3S, &partial.id).await
         {
-            tracing::warn!(mp3_fid = %partial.id, "could not remove an unfinished MP3: {}", blob_reason(&e));
+            tracing::warn!(mp3_fid = %partial.id, "could not remove an unfinished MP3: {e}");
         }
         Err(outcome.1)
     }
@@ -396,9 +379,9 @@ impl Converter {
             .blobs
             .read(VIDEOS, &video.id, 0, None)
             .await
-            .map_err(|e| Stop::Retry(blob_reason(&e)))?;
+            .map_err(|e| Stop::Retry(e.to_string()))?;
         while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk.map_err(|e| Stop::Retry(blob_reason(&e)))?;
+            let chunk = chunk.map_err(|e| Stop::Retry(e.to_string()))?;
             file.write_all(&chunk).await.map_err(io)?;
         }
         file.flush().await.map_err(io)?;
@@ -419,7 +402,7 @@ impl Converter {
         {
             // Published already: a redelivery would announce again, which
             // notify absorbs; not worth a retry that would do just that.
-            tracing::warn!(job_id = %job.job_id, "could not record the announcement: {}", blob_reason(&e));
+            tracing::warn!(job_id = %job.job_id, "could not record the announcement: {e}");
         }
         Ok(())
     }
@@ -432,7 +415,7 @@ impl Converter {
             return;
         }
         if let Err(e) = self.blobs.drop_content(VIDEOS, &job.video_fid).await {
-            tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {}", blob_reason(&e));
+            tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {e}");
         }
     }
 }

@@ -162,33 +162,10 @@ async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("consuming `{}`", trigger.queue))?;
     println!("Converting videos from queue `{}`", trigger.queue);
-    shutdown_signal().await;
+    let signal = spindle_platform::signals::shutdown_signal().await;
     // Conversions can take minutes: stop them (ffmpeg is killed with its
     // handler) and let their messages return to the queue for another worker.
-    tracing::info!("stopping: unfinished conversions go back to the queue");
+    tracing::info!("{signal}: stopping; unfinished conversions go back to the queue");
     consumer.abort().await;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM (what Kubernetes sends).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

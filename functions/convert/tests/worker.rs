@@ -9,6 +9,7 @@ use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{
     Broker, ConsumeOptions, DeadLetterHook, Delivery, Handler, Outcome,
 };
+use spindle_platform::clock::now_ms;
 use spindle_platform::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -848,13 +849,6 @@ async fn done_id(w: &Worker, job_id: &str) -> String {
     w.blobs.find("videos", "job_id", job_id).await.unwrap()[0]
         .id
         .clone()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Two deliveries of one message at once: one converts under its claim,

@@ -197,7 +197,7 @@ impl App {
         self.deployer.rollback(id).await
     }
 
-    pub async fn deploy_status(&self) -> serde_json::Value {
+    pub async fn deploy_status(&self) -> Vec<crate::api::ComponentStatus> {
         self.deployer.deploy_status().await
     }
 

@@ -11,10 +11,14 @@
 //!   readiness; [`app`]: the parts wired together.
 //! - [`admin`] and [`metrics`]: operating it.
 //! - [`listener`]: the accept loop and connection limits both listeners share.
+//! - [`clock`], [`signals`], [`urls`]: small helpers the host, the worker
+//!   and the backends share.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod capabilities;
+pub mod clock;
 pub mod components;
 pub mod deploy;
 pub mod invoke;
@@ -25,5 +29,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod runtime;
 pub mod runtime_config;
+pub mod signals;
 pub mod trigger;
+pub mod urls;
 pub mod version;

@@ -28,16 +28,6 @@ impl Action {
             Action::Rollback => "rollback",
         }
     }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "manifest" => Action::Manifest,
-            "deploy" => Action::Deploy,
-            "watch" => Action::Watch,
-            "rollback" => Action::Rollback,
-            _ => return None,
-        })
-    }
 }
 
 /// One version of one component: what, when, how, from where and by whom.
@@ -72,18 +62,6 @@ impl VersionRecord {
     /// The version as people see it: the first 12 hex digits.
     pub fn short(&self) -> &str {
         &self.version[..12.min(self.version.len())]
-    }
-
-    /// For `spindle status`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "version": self.short(),
-            "sha256": self.version,
-            "action": self.action,
-            "source": self.source,
-            "host": self.host,
-            "deployed_at": rfc3339(self.deployed_at_ms),
-        })
     }
 }
 

@@ -40,16 +40,20 @@ pub mod probes;
 pub mod tls;
 pub mod token;
 
+pub use crate::api::{DeadLetterView, ReplayReport};
+
+use crate::api::DeployReportView;
 use crate::app::App;
 use crate::deploy::Action;
 use crate::invoke::body::{BodyTooSlow, MinRate, RateCheck};
+use crate::listener::json_error;
 use crate::listener::{Handler, Hygiene};
-use crate::listener::{host_response, json_error};
 use anyhow::Context;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
+use probes::json;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
@@ -192,14 +196,11 @@ async fn components(
     body: SlowBodyGuard,
     rest: &str,
 ) -> http::Response<WasiBody> {
-    let json = |status, value: serde_json::Value| {
-        host_response(status, "application/json", value.to_string())
-    };
     let method = &parts.method;
     let name = rest.trim_start_matches('/');
     let result = match (method, name.split_once('/')) {
         (&http::Method::GET, _) if name.is_empty() => {
-            return json(StatusCode::OK, app.deploy_status().await);
+            return json(StatusCode::OK, &app.deploy_status().await);
         }
         (&http::Method::PUT, None) if !name.is_empty() => {
             let wasm = match read_component(parts, body).await {
@@ -226,7 +227,7 @@ async fn components(
         }
     };
     match result {
-        Ok(report) => json(StatusCode::OK, report.to_json()),
+        Ok(report) => json(StatusCode::OK, &DeployReportView::from(&report)),
         Err(e) => json_error(e.status(), &e.to_string()),
     }
 }
@@ -333,26 +334,6 @@ impl Body for SlowBodyGuard {
     }
 }
 
-/// A dead letter as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct DeadLetterView {
-    pub message_id: String,
-    /// The delivery that failed last.
-    pub attempt: u32,
-    pub reason: String,
-    /// When it was dead-lettered (Unix ms), where known.
-    pub dead_at_ms: Option<u64>,
-    /// The message, as text (lossy for binary bodies).
-    pub body: String,
-}
-
-/// What `POST /queues/QUEUE/dead-letters/replay` did.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReplayReport {
-    pub queue: String,
-    pub replayed: usize,
-}
-
 /// How many dead letters one request lists or replays by default, and at most.
 const DEAD_LETTER_PAGE: usize = 100;
 const DEAD_LETTER_PAGE_MAX: usize = 1_000;
@@ -389,7 +370,7 @@ async fn dead_letters(app: &App, queue: &str, limit: usize) -> http::Response<Wa
                     body: String::from_utf8_lossy(&d.body).into_owned(),
                 })
                 .collect();
-            json_response(&list)
+            json(StatusCode::OK, &list)
         }
         Err(e) => queue_error(e),
     }
@@ -404,22 +385,15 @@ async fn replay(app: &App, queue: &str, limit: usize) -> http::Response<WasiBody
                 replayed,
                 "dead letters replayed through the admin API"
             );
-            json_response(&ReplayReport {
-                queue: queue.to_string(),
-                replayed,
-            })
+            json(
+                StatusCode::OK,
+                &ReplayReport {
+                    queue: queue.to_string(),
+                    replayed,
+                },
+            )
         }
         Err(e) => queue_error(e),
-    }
-}
-
-fn json_response(value: &impl serde::Serialize) -> http::Response<WasiBody> {
-    match serde_json::to_string(value) {
-        Ok(text) => host_response(StatusCode::OK, "application/json", text),
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("encoding the answer: {e}"),
-        ),
     }
 }
 

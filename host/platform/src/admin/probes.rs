@@ -3,6 +3,7 @@
 //! worker's health listener on their own ([`serve`]). They need no token:
 //! probes and scrapers hold none, and the routes change nothing.
 
+use crate::api::{Health, NotReady, Ready, ReadyStatus, Reasons};
 use crate::lifecycle::Readiness;
 use crate::listener::{Handler, Hygiene};
 use crate::listener::{host_response, json_error};
@@ -24,11 +25,7 @@ pub trait Probed: Send + Sync + 'static {
 /// The answer to `path` if it is a probe route.
 pub async fn answer<P: Probed>(probed: &P, path: &str) -> Option<http::Response<WasiBody>> {
     Some(match path {
-        "/healthz" => host_response(
-            StatusCode::OK,
-            "application/json",
-            r#"{"status":"ok"}"#.into(),
-        ),
+        "/healthz" => json(StatusCode::OK, &Health::ok()),
         "/readyz" => readyz(probed.readiness().await),
         "/metrics" => host_response(
             StatusCode::OK,
@@ -44,10 +41,12 @@ pub async fn answer<P: Probed>(probed: &P, path: &str) -> Option<http::Response<
 /// that are down but only degrade queue handlers.
 fn readyz(readiness: Readiness) -> http::Response<WasiBody> {
     let listed = |entries: &[(&str, String)]| {
-        entries
-            .iter()
-            .map(|(c, why)| (c.to_string(), serde_json::Value::from(why.as_str())))
-            .collect::<serde_json::Map<_, _>>()
+        Reasons(
+            entries
+                .iter()
+                .map(|(c, why)| (c.to_string(), why.clone()))
+                .collect(),
+        )
     };
     if !readiness.is_ready() {
         let reasons: Vec<&str> = readiness
@@ -56,23 +55,35 @@ fn readyz(readiness: Readiness) -> http::Response<WasiBody> {
             .chain(readiness.down.iter().map(|(_, why)| why))
             .map(String::as_str)
             .collect();
-        let body = serde_json::json!({
-            "error": format!("not ready: {}", reasons.join("; ")),
-            "starting": readiness.starting,
-            "down": listed(&readiness.down),
-            "degraded": listed(&readiness.degraded),
-        });
-        return host_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            body.to_string(),
-        );
+        let body = NotReady {
+            error: format!("not ready: {}", reasons.join("; ")),
+            starting: readiness.starting.clone(),
+            down: listed(&readiness.down),
+            degraded: listed(&readiness.degraded),
+        };
+        return json(StatusCode::SERVICE_UNAVAILABLE, &body);
     }
-    let body = serde_json::json!({
-        "status": if readiness.degraded.is_empty() { "ready" } else { "degraded" },
-        "degraded": listed(&readiness.degraded),
-    });
-    host_response(StatusCode::OK, "application/json", body.to_string())
+    let body = Ready {
+        status: if readiness.degraded.is_empty() {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::Degraded
+        },
+        degraded: listed(&readiness.degraded),
+    };
+    json(StatusCode::OK, &body)
+}
+
+/// `value` as a JSON response with `status`; a value that cannot be
+/// encoded (none of the admin API's types) is a 500 with the reason.
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> http::Response<WasiBody> {
+    match serde_json::to_string(value) {
+        Ok(text) => host_response(status, "application/json", text),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding the answer: {e}"),
+        ),
+    }
 }
 
 struct ProbeHandler<P>(Arc<P>);

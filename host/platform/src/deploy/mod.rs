@@ -34,6 +34,7 @@
 
 pub(crate) mod store;
 
+use crate::api::{ComponentStatus, DeployReportView, ErrorBody, History, millis};
 use crate::capabilities::blobs::BlobStore;
 use crate::capabilities::queue::{BROADCAST_DEPLOYS, Broker, Signal};
 use crate::components::{ComponentSet, Linked, Running, Ungranted};
@@ -82,8 +83,8 @@ impl DeployError {
     }
 }
 
-fn store_err(e: crate::capabilities::blobs::Error) -> DeployError {
-    DeployError::Store(format!("{e:?}"))
+fn store_err(e: store::StoreError) -> DeployError {
+    DeployError::Store(e.to_string())
 }
 
 /// What a deploy or rollback did.
@@ -98,16 +99,16 @@ pub struct DeployReport {
     pub total_time: Duration,
 }
 
-impl DeployReport {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "component": self.record.component,
-            "changed": self.changed,
-            "version": self.record.to_json(),
-            "previous": self.previous.to_json(),
-            "compile_ms": self.compile_time.as_millis() as u64,
-            "total_ms": self.total_time.as_millis() as u64,
-        })
+impl From<&DeployReport> for DeployReportView {
+    fn from(report: &DeployReport) -> Self {
+        DeployReportView {
+            component: report.record.component.clone(),
+            changed: report.changed,
+            version: (&report.record).into(),
+            previous: (&report.previous).into(),
+            compile_ms: millis(report.compile_time),
+            total_ms: millis(report.total_time),
+        }
     }
 }
 
@@ -455,7 +456,7 @@ impl Deployer {
     }
 
     /// Per component: the running version, its history and its triggers.
-    pub async fn deploy_status(&self) -> serde_json::Value {
+    pub async fn deploy_status(&self) -> Vec<ComponentStatus> {
         let manifest = self.components.manifest();
         let mut list = Vec::new();
         for id in manifest.components.keys() {
@@ -464,10 +465,11 @@ impl Deployer {
             };
             let history = match store::records(self.blobs(), id).await {
                 Ok(records) => {
-                    let stack = history(records);
-                    serde_json::json!(stack.iter().rev().map(|r| r.to_json()).collect::<Vec<_>>())
+                    History::Versions(history(records).iter().rev().map(Into::into).collect())
                 }
-                Err(e) => serde_json::json!({ "error": format!("{e:?}") }),
+                Err(e) => History::Unreadable(ErrorBody {
+                    error: e.to_string(),
+                }),
             };
             let routes: Vec<String> = manifest
                 .http_routes
@@ -481,15 +483,15 @@ impl Deployer {
                 .filter(|t| matches!(t.target(), AmqpTarget::Component(c) if c == id))
                 .map(|t| t.queue.clone())
                 .collect();
-            list.push(serde_json::json!({
-                "component": id,
-                "current": running.record.to_json(),
-                "routes": routes,
-                "queues": queues,
-                "history": history,
-            }));
+            list.push(ComponentStatus {
+                component: id.clone(),
+                current: (&running.record).into(),
+                routes,
+                queues,
+                history,
+            });
         }
-        serde_json::Value::from(list)
+        list
     }
 }
 

@@ -489,10 +489,16 @@ pub fn host_response(
     response
 }
 
-/// A JSON `{"error": ...}` response, the shape of every error the host sends.
+/// `{"error": message}` ([`crate::api::ErrorBody`], the shape of every error the host sends) with `status`.
 pub fn json_error(status: StatusCode, message: &str) -> http::Response<WasiBody> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    host_response(status, "application/json", body)
+    let body = crate::api::ErrorBody {
+        error: message.to_string(),
+    };
+    match serde_json::to_string(&body) {
+        Ok(text) => host_response(status, "application/json", text),
+        // A struct of one string always encodes.
+        Err(_) => host_response(status, "application/json", r#"{"error":"?"}"#.into()),
+    }
 }
 
 #[cfg(test)]

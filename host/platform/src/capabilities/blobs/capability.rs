@@ -25,7 +25,7 @@ impl Capability for Blobs {
             check_bucket(bucket).map_err(|e| {
                 GrantError::new(
                     format!("blob_buckets[{i}]"),
-                    format!("{e:?}"),
+                    e.to_string(),
                     "name buckets with letters, digits, - and _",
                 )
             })?;

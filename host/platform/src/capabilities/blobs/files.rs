@@ -10,7 +10,8 @@
 //! metadata for `find` (see `index.rs`).
 
 use super::index::{Index, Row};
-use super::{ChunkReceiver, Error, FileInfo, NewFile, ObjectId, now_ms, range_end};
+use super::{BlobError, ChunkReceiver, FileInfo, NewFile, ObjectId, range_end};
+use crate::clock::now_ms;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -66,21 +67,6 @@ struct Stored {
     uploaded_at: u64,
 }
 
-fn backend(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend(format!("{what}: {e}"))
-}
-
-/// A write that failed: a full disk is said so, so the caller can answer
-/// 507 instead of "try again".
-fn write_failed(what: &str, e: std::io::Error) -> Error {
-    match e.kind() {
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-            Error::StorageFull(format!("{what}: the disk of the blob store is full ({e})"))
-        }
-        _ => backend(what, e),
-    }
-}
-
 impl Files {
     /// Opens (or makes) the store in `dir`: removes what interrupted writes
     /// left and opens the index, building it from the descriptions if it
@@ -123,7 +109,7 @@ impl Files {
     }
 
     /// The bucket's directory, made (durably) if missing.
-    async fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, Error> {
+    async fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, BlobError> {
         let dir = self.dir.join(bucket);
         let known = self
             .durable_buckets
@@ -133,7 +119,7 @@ impl Files {
         if !known {
             tokio::fs::create_dir_all(&dir)
                 .await
-                .map_err(|e| write_failed("creating the bucket directory", e))?;
+                .map_err(|e| BlobError::write_failed("creating the bucket directory", e))?;
             // Also when another call made it: that call may not have
             // synced the entry yet, and this one must not acknowledge a
             // file before it is.
@@ -151,28 +137,30 @@ impl Files {
         bucket: &str,
         file: NewFile,
         mut data: mpsc::Receiver<Bytes>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         let dir = self.bucket_dir(bucket).await?;
         // Removed on drop, so a write cut short (or a cancelled call) leaves nothing.
         let tmp = tempfile::NamedTempFile::new_in(&dir)
-            .map_err(|e| write_failed("creating a file", e))?;
-        let std_file = tmp.reopen().map_err(|e| backend("opening a file", e))?;
+            .map_err(|e| BlobError::write_failed("creating a file", e))?;
+        let std_file = tmp
+            .reopen()
+            .map_err(|e| BlobError::backend("opening a file", e))?;
         let mut out = tokio::fs::File::from_std(std_file);
         let mut length = 0u64;
         while let Some(chunk) = data.recv().await {
             length += chunk.len() as u64;
             out.write_all(&chunk)
                 .await
-                .map_err(|e| write_failed("writing data", e))?;
+                .map_err(|e| BlobError::write_failed("writing data", e))?;
         }
         out.sync_all()
             .await
-            .map_err(|e| write_failed("syncing data", e))?;
+            .map_err(|e| BlobError::write_failed("syncing data", e))?;
         drop(out);
         let id = ObjectId::new();
         let (data_path, info_path) = self.paths(bucket, id);
         tmp.persist(&data_path)
-            .map_err(|e| backend("storing data", e))?;
+            .map_err(|e| BlobError::backend("storing data", e))?;
         let stored = Stored {
             filename: file.filename,
             length,
@@ -195,21 +183,19 @@ impl Files {
         Ok(info(bucket, id, stored))
     }
 
-    async fn load(&self, bucket: &str, id: ObjectId) -> Result<Stored, Error> {
+    async fn load(&self, bucket: &str, id: ObjectId) -> Result<Stored, BlobError> {
         let (_, info_path) = self.paths(bucket, id);
         let text = match tokio::fs::read(&info_path).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "no file {id} in bucket `{bucket}`"
-                )));
+                return Err(BlobError::not_found(bucket, id));
             }
-            Err(e) => return Err(backend("reading a description", e)),
+            Err(e) => return Err(BlobError::backend("reading a description", e)),
         };
-        serde_json::from_slice(&text).map_err(|e| backend("parsing a description", e))
+        serde_json::from_slice(&text).map_err(|e| BlobError::backend("parsing a description", e))
     }
 
-    pub async fn stat(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+    pub async fn stat(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, BlobError> {
         Ok(info(bucket, id, self.load(bucket, id).await?))
     }
 
@@ -219,16 +205,16 @@ impl Files {
         id: ObjectId,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<(FileInfo, ChunkReceiver), Error> {
+    ) -> Result<(FileInfo, ChunkReceiver), BlobError> {
         let stored = self.load(bucket, id).await?;
         let end = range_end(stored.length, offset, length)?;
         let (data_path, _) = self.paths(bucket, id);
         let mut file = tokio::fs::File::open(&data_path)
             .await
-            .map_err(|e| backend("opening data", e))?;
+            .map_err(|e| BlobError::backend("opening data", e))?;
         file.seek(std::io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| backend("seeking", e))?;
+            .map_err(|e| BlobError::backend("seeking", e))?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let mut left = end - offset;
@@ -237,7 +223,7 @@ impl Files {
                 match file.read(&mut buf).await {
                     Ok(0) => {
                         let _ = tx
-                            .send(Err(Error::Backend(
+                            .send(Err(BlobError::Damaged(
                                 "the data file is shorter than recorded".into(),
                             )))
                             .await;
@@ -251,7 +237,7 @@ impl Files {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(backend("reading data", e))).await;
+                        let _ = tx.send(Err(BlobError::backend("reading data", e))).await;
                         return;
                     }
                 }
@@ -262,7 +248,7 @@ impl Files {
 
     /// Takes the metadata locks: this process's mutex, then the lock
     /// file (waiting for it on the blocking pool).
-    async fn lock(&self) -> Result<MetadataLock<'_>, Error> {
+    async fn lock(&self) -> Result<MetadataLock<'_>, BlobError> {
         let in_process = self.metadata_lock.lock().await;
         let path = self.dir.join(LOCK_FILE);
         let file = tokio::task::spawn_blocking(move || {
@@ -275,8 +261,8 @@ impl Files {
             Ok::<_, std::io::Error>(file)
         })
         .await
-        .map_err(|e| backend("locking the blob store", e))?
-        .map_err(|e| write_failed("locking the blob store", e))?;
+        .map_err(|e| BlobError::backend("locking the blob store", e))?
+        .map_err(|e| BlobError::write_failed("locking the blob store", e))?;
         Ok(MetadataLock {
             _in_process: in_process,
             _across_processes: file,
@@ -288,7 +274,7 @@ impl Files {
         bucket: &str,
         id: ObjectId,
         set: Vec<(String, String)>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         let _lock = self.lock().await?;
         let stored = self.load(bucket, id).await?;
         self.set_metadata(bucket, id, stored, set).await
@@ -300,7 +286,7 @@ impl Files {
         id: ObjectId,
         expect: Vec<(String, Option<String>)>,
         set: Vec<(String, String)>,
-    ) -> Result<Option<FileInfo>, Error> {
+    ) -> Result<Option<FileInfo>, BlobError> {
         let _lock = self.lock().await?;
         let stored = self.load(bucket, id).await?;
         let holds = expect
@@ -319,7 +305,7 @@ impl Files {
         id: ObjectId,
         mut stored: Stored,
         set: Vec<(String, String)>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         let changed: Vec<(String, String)> = set
             .into_iter()
             .filter(|(k, v)| stored.metadata.get(k) != Some(v))
@@ -342,7 +328,12 @@ impl Files {
         Ok(info(bucket, id, stored))
     }
 
-    pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
+    pub async fn find(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<FileInfo>, BlobError> {
         let mut found = Vec::new();
         for id in self.index.candidates(bucket, key, value).await? {
             // A row can outlive its file's value (a crash between the
@@ -351,7 +342,7 @@ impl Files {
                 Ok(stored) if stored.metadata.get(key).map(String::as_str) == Some(value) => {
                     found.push(info(bucket, id, stored));
                 }
-                Ok(_) | Err(Error::NotFound(_)) => {}
+                Ok(_) | Err(BlobError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -359,7 +350,7 @@ impl Files {
         Ok(found)
     }
 
-    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, BlobError> {
         let _lock = self.lock().await?;
         let mut stored = self.load(bucket, id).await?;
         let (data_path, info_path) = self.paths(bucket, id);
@@ -369,11 +360,11 @@ impl Files {
         write_json(&info_path, &stored).await?;
         match tokio::fs::File::create(&data_path).await {
             Ok(_) => Ok(info(bucket, id, stored)),
-            Err(e) => Err(backend("emptying data", e)),
+            Err(e) => Err(BlobError::backend("emptying data", e)),
         }
     }
 
-    pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), Error> {
+    pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), BlobError> {
         // Under the lock, so a concurrent metadata change cannot write the
         // description back after it is gone.
         let _lock = self.lock().await?;
@@ -381,11 +372,9 @@ impl Files {
         match tokio::fs::remove_file(&info_path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "no file {id} in bucket `{bucket}`"
-                )));
+                return Err(BlobError::not_found(bucket, id));
             }
-            Err(e) => return Err(backend("deleting a description", e)),
+            Err(e) => return Err(BlobError::backend("deleting a description", e)),
         }
         let bucket_dir = self.dir.join(bucket);
         // The description is gone for good before the data goes, so a
@@ -394,7 +383,7 @@ impl Files {
         match tokio::fs::remove_file(&data_path).await {
             Ok(()) => sync_dir(&bucket_dir).await?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(backend("deleting data", e)),
+            Err(e) => return Err(BlobError::backend("deleting data", e)),
         }
         // The file is gone: rows left behind only cost `find` a look.
         if let Err(e) = self.index.remove_file(bucket, id).await {
@@ -413,12 +402,12 @@ fn pairs(metadata: &BTreeMap<String, String>) -> Vec<(String, String)> {
 }
 
 /// Makes the entries of `dir` (renames, removals in it) durable.
-async fn sync_dir(dir: &Path) -> Result<(), Error> {
+async fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || sync_dir_blocking(&dir))
         .await
-        .map_err(|e| backend("syncing a directory", e))?
-        .map_err(|e| write_failed("syncing a directory", e))
+        .map_err(|e| BlobError::backend("syncing a directory", e))?
+        .map_err(|e| BlobError::write_failed("syncing a directory", e))
 }
 
 fn sync_dir_blocking(dir: &Path) -> std::io::Result<()> {
@@ -523,24 +512,25 @@ fn all_rows(dir: &Path) -> anyhow::Result<Vec<Row>> {
 
 /// Writes JSON next to `path`, syncs it, renames it into place and syncs
 /// the directory: when this returns the new description is durable.
-async fn write_json(path: &Path, stored: &Stored) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(stored).map_err(|e| backend("encoding a description", e))?;
+async fn write_json(path: &Path, stored: &Stored) -> Result<(), BlobError> {
+    let bytes =
+        serde_json::to_vec(stored).map_err(|e| BlobError::backend("encoding a description", e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| write_failed("writing a description", e))?;
+        .map_err(|e| BlobError::write_failed("writing a description", e))?;
     let mut out = tokio::fs::File::from_std(
         tmp.reopen()
-            .map_err(|e| backend("opening a description", e))?,
+            .map_err(|e| BlobError::backend("opening a description", e))?,
     );
     out.write_all(&bytes)
         .await
-        .map_err(|e| write_failed("writing a description", e))?;
+        .map_err(|e| BlobError::write_failed("writing a description", e))?;
     out.sync_all()
         .await
-        .map_err(|e| write_failed("syncing a description", e))?;
+        .map_err(|e| BlobError::write_failed("syncing a description", e))?;
     drop(out);
     tmp.persist(path)
-        .map_err(|e| backend("storing a description", e))?;
+        .map_err(|e| BlobError::backend("storing a description", e))?;
     sync_dir(dir).await
 }
 

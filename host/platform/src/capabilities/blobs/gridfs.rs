@@ -9,7 +9,7 @@
 //! it is sent once per bucket and key. A background sweep removes the
 //! chunks that interrupted uploads left (see [`GridFs::sweep_orphans`]).
 
-use super::{CONTENT_TYPE_KEY, ChunkReceiver, Error, FileInfo, NewFile, ObjectId, range_end};
+use super::{BlobError, CONTENT_TYPE_KEY, ChunkReceiver, FileInfo, NewFile, ObjectId, range_end};
 use bytes::Bytes;
 use futures::{AsyncWriteExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc};
@@ -47,10 +47,6 @@ pub struct GridFs {
     _sweep: DropGuard,
 }
 
-fn backend(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend(format!("{what}: {e}"))
-}
-
 impl GridFs {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = Client::with_uri_str(url)
@@ -66,7 +62,7 @@ impl GridFs {
         });
         Ok(GridFs {
             client,
-            shown_url: crate::capabilities::mysql::redact_url(url),
+            shown_url: crate::urls::redact_url(url),
             indexed: Mutex::default(),
             _sweep: stop.drop_guard(),
         })
@@ -93,7 +89,7 @@ impl GridFs {
         bucket: &str,
         file: NewFile,
         mut data: mpsc::Receiver<Bytes>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         let mut metadata: Document = file
             .metadata
             .into_iter()
@@ -111,30 +107,30 @@ impl GridFs {
             .chunk_size_bytes(CHUNK_SIZE)
             .metadata(metadata)
             .await
-            .map_err(|e| backend("starting the upload", e))?;
+            .map_err(|e| BlobError::backend("starting the upload", e))?;
         while let Some(chunk) = data.recv().await {
             if let Err(e) = upload.write_all(&chunk).await {
                 let _ = upload.abort().await;
-                return Err(backend("writing to GridFS", e));
+                return Err(BlobError::backend("writing to GridFS", e));
             }
         }
         upload
             .close()
             .await
-            .map_err(|e| backend("finishing the upload", e))?;
+            .map_err(|e| BlobError::backend("finishing the upload", e))?;
         self.stat(bucket, id).await
     }
 
-    async fn files_doc(&self, bucket: &str, id: ObjectId) -> Result<Document, Error> {
+    async fn files_doc(&self, bucket: &str, id: ObjectId) -> Result<Document, BlobError> {
         self.db(bucket)
             .collection::<Document>("fs.files")
             .find_one(doc! { "_id": id })
             .await
-            .map_err(|e| backend("reading fs.files", e))?
-            .ok_or_else(|| Error::NotFound(format!("no file {id} in bucket `{bucket}`")))
+            .map_err(|e| BlobError::backend("reading fs.files", e))?
+            .ok_or_else(|| BlobError::not_found(bucket, id))
     }
 
-    pub async fn stat(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+    pub async fn stat(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, BlobError> {
         info(bucket, &self.files_doc(bucket, id).await?)
     }
 
@@ -144,7 +140,7 @@ impl GridFs {
         id: ObjectId,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<(FileInfo, ChunkReceiver), Error> {
+    ) -> Result<(FileInfo, ChunkReceiver), BlobError> {
         let files_doc = self.files_doc(bucket, id).await?;
         let file = info(bucket, &files_doc)?;
         let chunk_size = int(&files_doc, "chunkSize")?.max(1);
@@ -166,7 +162,9 @@ impl GridFs {
             let mut cursor = match cursor {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(backend("reading fs.chunks", e))).await;
+                    let _ = tx
+                        .send(Err(BlobError::backend("reading fs.chunks", e)))
+                        .await;
                     return;
                 }
             };
@@ -176,14 +174,16 @@ impl GridFs {
                     Ok(Some(c)) => c,
                     Ok(None) => {
                         let _ = tx
-                            .send(Err(Error::Backend(format!(
+                            .send(Err(BlobError::Damaged(format!(
                                 "file {id} is missing chunk {expected}"
                             ))))
                             .await;
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(backend("reading fs.chunks", e))).await;
+                        let _ = tx
+                            .send(Err(BlobError::backend("reading fs.chunks", e)))
+                            .await;
                         return;
                     }
                 };
@@ -192,7 +192,7 @@ impl GridFs {
                     Ok(d) if n == Some(expected as i64) => d,
                     _ => {
                         let _ = tx
-                            .send(Err(Error::Backend(format!(
+                            .send(Err(BlobError::Damaged(format!(
                                 "file {id} has a damaged chunk {expected}"
                             ))))
                             .await;
@@ -217,7 +217,7 @@ impl GridFs {
         bucket: &str,
         id: ObjectId,
         set: Vec<(String, String)>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         let fields: Document = set
             .into_iter()
             .map(|(k, v)| (format!("metadata.{k}"), Bson::String(v)))
@@ -227,11 +227,9 @@ impl GridFs {
             .collection::<Document>("fs.files")
             .update_one(doc! { "_id": id }, doc! { "$set": fields })
             .await
-            .map_err(|e| backend("updating fs.files", e))?;
+            .map_err(|e| BlobError::backend("updating fs.files", e))?;
         if result.matched_count == 0 {
-            return Err(Error::NotFound(format!(
-                "no file {id} in bucket `{bucket}`"
-            )));
+            return Err(BlobError::not_found(bucket, id));
         }
         self.stat(bucket, id).await
     }
@@ -244,7 +242,7 @@ impl GridFs {
         id: ObjectId,
         expect: Vec<(String, Option<String>)>,
         set: Vec<(String, String)>,
-    ) -> Result<Option<FileInfo>, Error> {
+    ) -> Result<Option<FileInfo>, BlobError> {
         let mut filter = doc! { "_id": id };
         if !expect.is_empty() {
             let conditions: Vec<Document> = expect
@@ -270,7 +268,7 @@ impl GridFs {
                 .return_document(ReturnDocument::After)
                 .await
         }
-        .map_err(|e| backend("updating fs.files", e))?;
+        .map_err(|e| BlobError::backend("updating fs.files", e))?;
         match updated {
             Some(d) => info(bucket, &d).map(Some),
             // No match: either no such file (an error) or a precondition failed.
@@ -312,7 +310,12 @@ impl GridFs {
         }
     }
 
-    pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
+    pub async fn find(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<FileInfo>, BlobError> {
         self.ensure_index(bucket, key).await;
         let docs: Vec<Document> = self
             .db(bucket)
@@ -320,14 +323,14 @@ impl GridFs {
             .find(doc! { format!("metadata.{key}"): value })
             .sort(doc! { "uploadDate": 1 })
             .await
-            .map_err(|e| backend("querying fs.files", e))?
+            .map_err(|e| BlobError::backend("querying fs.files", e))?
             .try_collect()
             .await
-            .map_err(|e| backend("querying fs.files", e))?;
+            .map_err(|e| BlobError::backend("querying fs.files", e))?;
         docs.iter().map(|d| info(bucket, d)).collect()
     }
 
-    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, Error> {
+    pub async fn drop_content(&self, bucket: &str, id: ObjectId) -> Result<FileInfo, BlobError> {
         // fs.files first: a crash in between leaves orphaned chunks, never a
         // file whose length promises chunks that are gone.
         let result = self
@@ -335,21 +338,19 @@ impl GridFs {
             .collection::<Document>("fs.files")
             .update_one(doc! { "_id": id }, doc! { "$set": { "length": 0_i64 } })
             .await
-            .map_err(|e| backend("updating fs.files", e))?;
+            .map_err(|e| BlobError::backend("updating fs.files", e))?;
         if result.matched_count == 0 {
-            return Err(Error::NotFound(format!(
-                "no file {id} in bucket `{bucket}`"
-            )));
+            return Err(BlobError::not_found(bucket, id));
         }
         self.db(bucket)
             .collection::<Document>("fs.chunks")
             .delete_many(doc! { "files_id": id })
             .await
-            .map_err(|e| backend("deleting from fs.chunks", e))?;
+            .map_err(|e| BlobError::backend("deleting from fs.chunks", e))?;
         self.stat(bucket, id).await
     }
 
-    pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), Error> {
+    pub async fn delete(&self, bucket: &str, id: ObjectId) -> Result<(), BlobError> {
         match self
             .db(bucket)
             .gridfs_bucket(None)
@@ -358,10 +359,10 @@ impl GridFs {
         {
             Ok(()) => Ok(()),
             Err(e) => match *e.kind {
-                ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => Err(Error::NotFound(
-                    format!("no file {id} in bucket `{bucket}`"),
-                )),
-                _ => Err(backend("deleting from GridFS", e)),
+                ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => {
+                    Err(BlobError::not_found(bucket, id))
+                }
+                _ => Err(BlobError::backend("deleting from GridFS", e)),
             },
         }
     }
@@ -392,11 +393,11 @@ async fn sweep_all(
     client: &Client,
     since: Option<SystemTime>,
     cutoff: SystemTime,
-) -> Result<(), Error> {
+) -> Result<(), BlobError> {
     let names = client
         .list_database_names()
         .await
-        .map_err(|e| backend("listing databases", e))?;
+        .map_err(|e| BlobError::backend("listing databases", e))?;
     for name in names {
         // Any database named like a bucket: chunks whose file is gone are
         // garbage by the GridFS spec, whoever left them.
@@ -430,7 +431,7 @@ pub(super) async fn sweep_orphans(
     db: &Database,
     since: Option<SystemTime>,
     cutoff: SystemTime,
-) -> Result<usize, Error> {
+) -> Result<usize, BlobError> {
     let mut range = doc! { "$lt": id_at(cutoff) };
     if let Some(since) = since {
         range.insert("$gte", id_at(since));
@@ -444,14 +445,14 @@ pub(super) async fn sweep_orphans(
             doc! { "$group": { "_id": "$files_id" } },
         ])
         .await
-        .map_err(|e| backend("listing fs.chunks", e))?;
+        .map_err(|e| BlobError::backend("listing fs.chunks", e))?;
     let mut orphans = 0;
     let mut batch = Vec::new();
     loop {
         let next = ids
             .try_next()
             .await
-            .map_err(|e| backend("listing fs.chunks", e))?;
+            .map_err(|e| BlobError::backend("listing fs.chunks", e))?;
         if let Some(id) = next.as_ref().and_then(|d| d.get("_id")) {
             batch.push(id.clone());
         }
@@ -463,10 +464,10 @@ pub(super) async fn sweep_orphans(
                 .find(doc! { "_id": { "$in": batch.clone() } })
                 .projection(doc! { "_id": 1 })
                 .await
-                .map_err(|e| backend("reading fs.files", e))?
+                .map_err(|e| BlobError::backend("reading fs.files", e))?
                 .try_collect::<Vec<_>>()
                 .await
-                .map_err(|e| backend("reading fs.files", e))?
+                .map_err(|e| BlobError::backend("reading fs.files", e))?
                 .iter()
                 .filter_map(|d| d.get("_id").map(Bson::to_string))
                 .collect();
@@ -479,7 +480,7 @@ pub(super) async fn sweep_orphans(
                 let deleted = chunks
                     .delete_many(doc! { "files_id": { "$in": gone } })
                     .await
-                    .map_err(|e| backend("deleting from fs.chunks", e))?;
+                    .map_err(|e| BlobError::backend("deleting from fs.chunks", e))?;
                 tracing::info!(
                     bucket = db.name(),
                     chunks = deleted.deleted_count,
@@ -493,18 +494,18 @@ pub(super) async fn sweep_orphans(
     }
 }
 
-fn int(d: &Document, key: &str) -> Result<u64, Error> {
+fn int(d: &Document, key: &str) -> Result<u64, BlobError> {
     d.get(key)
         .and_then(Bson::as_i64_lossy)
         .and_then(|v| u64::try_from(v).ok())
-        .ok_or_else(|| Error::Backend(format!("fs.files document has no valid `{key}`")))
+        .ok_or_else(|| BlobError::Damaged(format!("fs.files document has no valid `{key}`")))
 }
 
 /// Reads GridFS's `fs.files` shape, which other drivers also write.
-fn info(bucket: &str, d: &Document) -> Result<FileInfo, Error> {
+fn info(bucket: &str, d: &Document) -> Result<FileInfo, BlobError> {
     let id = d
         .get_object_id("_id")
-        .map_err(|_| Error::Backend("fs.files document without an ObjectId _id".into()))?;
+        .map_err(|_| BlobError::Damaged("fs.files document without an ObjectId _id".into()))?;
     let mut content_type = None;
     let mut metadata = Vec::new();
     if let Ok(m) = d.get_document("metadata") {

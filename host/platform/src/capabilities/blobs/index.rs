@@ -11,7 +11,7 @@
 //! from before the index) or unreadable is rebuilt from the descriptions
 //! when the store opens.
 
-use super::{Error, ObjectId};
+use super::{BlobError, ObjectId};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -90,7 +90,7 @@ impl Index {
         bucket: &str,
         id: ObjectId,
         pairs: Vec<(String, String)>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), BlobError> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -117,7 +117,7 @@ impl Index {
         bucket: &str,
         id: ObjectId,
         pairs: Vec<(String, String)>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), BlobError> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -138,7 +138,7 @@ impl Index {
     }
 
     /// Forgets every row of a file; call after its description is deleted.
-    pub async fn remove_file(&self, bucket: &str, id: ObjectId) -> Result<(), Error> {
+    pub async fn remove_file(&self, bucket: &str, id: ObjectId) -> Result<(), BlobError> {
         let (bucket, id) = (bucket.to_string(), id.to_hex());
         self.run("removing from the blob index", move |conn| {
             conn.prepare_cached("DELETE FROM entries WHERE bucket = ?1 AND id = ?2")?
@@ -154,7 +154,7 @@ impl Index {
         bucket: &str,
         key: &str,
         value: &str,
-    ) -> Result<Vec<ObjectId>, Error> {
+    ) -> Result<Vec<ObjectId>, BlobError> {
         let (bucket, key, value) = (bucket.to_string(), key.to_string(), value.to_string());
         self.run("querying the blob index", move |conn| {
             let mut query = conn.prepare_cached(
@@ -177,7 +177,7 @@ impl Index {
         &self,
         what: &'static str,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, Error> {
+    ) -> Result<R, BlobError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             // A panic elsewhere cannot leave the connection half-used: every
@@ -186,15 +186,18 @@ impl Index {
             f(&mut conn).map_err(|e| failed(what, e))
         })
         .await
-        .map_err(|e| Error::Backend(format!("{what}: {e}")))?
+        .map_err(|e| BlobError::backend(what, e))?
     }
 }
 
-fn failed(what: &str, e: rusqlite::Error) -> Error {
+fn failed(doing: &'static str, e: rusqlite::Error) -> BlobError {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-        Error::StorageFull(format!("{what}: the disk of the blob store is full ({e})"))
+        BlobError::StorageFull {
+            doing,
+            cause: e.to_string(),
+        }
     } else {
-        Error::Backend(format!("{what}: {e}"))
+        BlobError::backend(doing, e)
     }
 }
 

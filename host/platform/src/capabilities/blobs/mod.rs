@@ -9,6 +9,7 @@
 //! (`host/platform/tests/conformance/blobs/`).
 
 mod capability;
+mod error;
 mod files;
 mod gridfs;
 mod index;
@@ -31,10 +32,11 @@ mod bindings {
 }
 
 use bindings::spindle::blobs::store as wit;
-pub use wit::{Error, FileInfo, NewFile};
+pub use error::BlobError;
+pub use wit::{FileInfo, NewFile};
 
 /// Chunks read from a backend, with an error ending the stream early.
-pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, Error>>;
+pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, BlobError>>;
 
 /// Where blobs live, and the byte counters every transfer goes through.
 #[derive(Clone)]
@@ -92,7 +94,7 @@ impl BlobStore {
         bucket: &str,
         file: NewFile,
         data: mpsc::Receiver<Bytes>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         check_bucket(bucket)?;
         check_metadata(&file.metadata)?;
         let created = match &self.backend {
@@ -103,7 +105,7 @@ impl BlobStore {
         Ok(created)
     }
 
-    pub async fn stat(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
+    pub async fn stat(&self, bucket: &str, id: &str) -> Result<FileInfo, BlobError> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
         match &self.backend {
@@ -119,7 +121,7 @@ impl BlobStore {
         id: &str,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<(FileInfo, ChunkReceiver), Error> {
+    ) -> Result<(FileInfo, ChunkReceiver), BlobError> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
         let (info, chunks) = match &self.backend {
@@ -134,7 +136,7 @@ impl BlobStore {
         bucket: &str,
         id: &str,
         set: Vec<(String, String)>,
-    ) -> Result<FileInfo, Error> {
+    ) -> Result<FileInfo, BlobError> {
         check_bucket(bucket)?;
         check_metadata(&set)?;
         let id = parse_id(id)?;
@@ -157,7 +159,7 @@ impl BlobStore {
         id: &str,
         expect: Vec<(String, Option<String>)>,
         set: Vec<(String, String)>,
-    ) -> Result<Option<FileInfo>, Error> {
+    ) -> Result<Option<FileInfo>, BlobError> {
         check_bucket(bucket)?;
         check_metadata(&set)?;
         expect.iter().try_for_each(|(k, _)| check_key(k))?;
@@ -168,7 +170,12 @@ impl BlobStore {
         }
     }
 
-    pub async fn find(&self, bucket: &str, key: &str, value: &str) -> Result<Vec<FileInfo>, Error> {
+    pub async fn find(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<FileInfo>, BlobError> {
         check_bucket(bucket)?;
         check_key(key)?;
         match &self.backend {
@@ -179,7 +186,7 @@ impl BlobStore {
 
     /// Empties a file but keeps its description (name, metadata): the
     /// record of something whose bytes are no longer needed.
-    pub async fn drop_content(&self, bucket: &str, id: &str) -> Result<FileInfo, Error> {
+    pub async fn drop_content(&self, bucket: &str, id: &str) -> Result<FileInfo, BlobError> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
         match &self.backend {
@@ -188,7 +195,7 @@ impl BlobStore {
         }
     }
 
-    pub async fn delete(&self, bucket: &str, id: &str) -> Result<(), Error> {
+    pub async fn delete(&self, bucket: &str, id: &str) -> Result<(), BlobError> {
         check_bucket(bucket)?;
         let id = parse_id(id)?;
         match &self.backend {
@@ -217,13 +224,13 @@ fn counted(mut chunks: ChunkReceiver, out: Counter) -> ChunkReceiver {
 type ObjectId = mongodb::bson::oid::ObjectId;
 
 /// File ids are ObjectIds on every backend, so ids move between them.
-fn parse_id(id: &str) -> Result<ObjectId, Error> {
+fn parse_id(id: &str) -> Result<ObjectId, BlobError> {
     ObjectId::parse_str(id)
-        .map_err(|_| Error::Invalid(format!("`{id}` is not a file id (24 hex digits)")))
+        .map_err(|_| BlobError::Invalid(format!("`{id}` is not a file id (24 hex digits)")))
 }
 
 /// Bucket names are also MongoDB database names and directory names.
-pub fn check_bucket(bucket: &str) -> Result<(), Error> {
+pub fn check_bucket(bucket: &str) -> Result<(), BlobError> {
     let ok = !bucket.is_empty()
         && bucket.len() <= 63
         && bucket
@@ -232,23 +239,23 @@ pub fn check_bucket(bucket: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(BlobError::Invalid(format!(
             "`{bucket}` is not a bucket name (letters, digits, - and _, at most 63)"
         )))
     }
 }
 
 /// Metadata keys become MongoDB field names: no dots, no leading `$`.
-fn check_key(key: &str) -> Result<(), Error> {
+fn check_key(key: &str) -> Result<(), BlobError> {
     if key.is_empty() || key.contains('.') || key.starts_with('$') || key == CONTENT_TYPE_KEY {
-        return Err(Error::Invalid(format!(
+        return Err(BlobError::Invalid(format!(
             "`{key}` cannot be a metadata key (no dots, no leading $, not {CONTENT_TYPE_KEY})"
         )));
     }
     Ok(())
 }
 
-fn check_metadata(pairs: &[(String, String)]) -> Result<(), Error> {
+fn check_metadata(pairs: &[(String, String)]) -> Result<(), BlobError> {
     pairs.iter().try_for_each(|(k, _)| check_key(k))
 }
 
@@ -257,9 +264,9 @@ fn check_metadata(pairs: &[(String, String)]) -> Result<(), Error> {
 const CONTENT_TYPE_KEY: &str = "contentType";
 
 /// The exclusive end of `offset..offset+length` within a file of `size`.
-fn range_end(size: u64, offset: u64, length: Option<u64>) -> Result<u64, Error> {
+fn range_end(size: u64, offset: u64, length: Option<u64>) -> Result<u64, BlobError> {
     if offset > size || (offset == size && size > 0) {
-        return Err(Error::Invalid(format!(
+        return Err(BlobError::Invalid(format!(
             "offset {offset} is beyond the end of the file ({size} bytes)"
         )));
     }
@@ -267,13 +274,6 @@ fn range_end(size: u64, offset: u64, length: Option<u64>) -> Result<u64, Error> 
         Some(l) => offset.saturating_add(l).min(size),
         None => size,
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// What one component may use: the store and its granted buckets.
@@ -293,15 +293,15 @@ impl BlobsState {
         }
     }
 
-    fn granted(&self, bucket: &str) -> Result<BlobStore, Error> {
+    fn granted(&self, bucket: &str) -> Result<BlobStore, BlobError> {
         if self.buckets.iter().any(|b| b == bucket) {
             return Ok(self.store.clone());
         }
         tracing::warn!(component = %self.component, bucket, "blob access refused: bucket not granted");
-        Err(Error::PermissionDenied(format!(
-            "component `{}` may not use bucket `{bucket}`; add \"{bucket}\" to its blob_buckets in spin.toml",
-            self.component
-        )))
+        Err(BlobError::PermissionDenied {
+            component: self.component.to_string(),
+            bucket: bucket.to_string(),
+        })
     }
 }
 
@@ -314,38 +314,41 @@ impl HasData for Blobs {
 
 impl wit::Host for &BlobsState {}
 
-fn granted<T>(store: &Accessor<T, Blobs>, bucket: &str) -> Result<BlobStore, Error> {
+fn granted<T>(store: &Accessor<T, Blobs>, bucket: &str) -> Result<BlobStore, BlobError> {
     store.with(|mut view| view.get().granted(bucket))
 }
 
+// The component-facing side: these answer in the WIT `error`, converted
+// from [`BlobError`] here and nowhere else.
 impl<T> wit::HostWithStore<T> for Blobs {
     async fn create(
         store: &Accessor<T, Self>,
         bucket: String,
         file: NewFile,
         mut data: StreamReader<u8>,
-    ) -> wasmtime::Result<Result<FileInfo, Error>> {
+    ) -> wasmtime::Result<Result<FileInfo, wit::Error>> {
         let blobs = match granted(store, &bucket) {
             Ok(b) => b,
             Err(e) => {
                 store.with(|mut access| data.close(&mut access))?;
-                return Ok(Err(e));
+                return Ok(Err(e.into()));
             }
         };
         let (consumer, rx) = ChannelConsumer::new();
         store.with(|mut access| data.pipe(&mut access, consumer))?;
-        Ok(blobs.create(&bucket, file, rx).await)
+        Ok(blobs
+            .create(&bucket, file, rx)
+            .await
+            .map_err(wit::Error::from))
     }
 
     async fn stat(
         store: &Accessor<T, Self>,
         bucket: String,
         id: String,
-    ) -> wasmtime::Result<Result<FileInfo, Error>> {
-        Ok(match granted(store, &bucket) {
-            Ok(b) => b.stat(&bucket, &id).await,
-            Err(e) => Err(e),
-        })
+    ) -> wasmtime::Result<Result<FileInfo, wit::Error>> {
+        let result = async { granted(store, &bucket)?.stat(&bucket, &id).await };
+        Ok(result.await.map_err(wit::Error::from))
     }
 
     async fn read(
@@ -355,23 +358,31 @@ impl<T> wit::HostWithStore<T> for Blobs {
         offset: u64,
         length: Option<u64>,
     ) -> wasmtime::Result<
-        Result<(FileInfo, StreamReader<u8>, FutureReader<Result<(), Error>>), Error>,
+        Result<
+            (
+                FileInfo,
+                StreamReader<u8>,
+                FutureReader<Result<(), wit::Error>>,
+            ),
+            wit::Error,
+        >,
     > {
-        let blobs = match granted(store, &bucket) {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(e)),
+        let opened = async {
+            granted(store, &bucket)?
+                .read(&bucket, &id, offset, length)
+                .await
         };
-        let (info, chunks) = match blobs.read(&bucket, &id, offset, length).await {
+        let (info, chunks) = match opened.await {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
-        let (err_tx, err_rx) = tokio::sync::oneshot::channel();
+        let (err_tx, err_rx) = tokio::sync::oneshot::channel::<BlobError>();
         store.with(|mut access| {
             let stream = StreamReader::new(&mut access, ChannelProducer::new(chunks, err_tx))?;
             let done = FutureReader::new(&mut access, async move {
                 // No error was sent when the producer finished normally.
                 Ok::<_, wasmtime::Error>(match err_rx.await {
-                    Ok(e) => Err(e),
+                    Ok(e) => Err(wit::Error::from(e)),
                     Err(_) => Ok(()),
                 })
             })?;
@@ -384,11 +395,13 @@ impl<T> wit::HostWithStore<T> for Blobs {
         bucket: String,
         id: String,
         set: Vec<(String, String)>,
-    ) -> wasmtime::Result<Result<FileInfo, Error>> {
-        Ok(match granted(store, &bucket) {
-            Ok(b) => b.update_metadata(&bucket, &id, set).await,
-            Err(e) => Err(e),
-        })
+    ) -> wasmtime::Result<Result<FileInfo, wit::Error>> {
+        let result = async {
+            granted(store, &bucket)?
+                .update_metadata(&bucket, &id, set)
+                .await
+        };
+        Ok(result.await.map_err(wit::Error::from))
     }
 
     async fn update_metadata_if(
@@ -397,11 +410,13 @@ impl<T> wit::HostWithStore<T> for Blobs {
         id: String,
         expect: Vec<(String, Option<String>)>,
         set: Vec<(String, String)>,
-    ) -> wasmtime::Result<Result<Option<FileInfo>, Error>> {
-        Ok(match granted(store, &bucket) {
-            Ok(b) => b.update_metadata_if(&bucket, &id, expect, set).await,
-            Err(e) => Err(e),
-        })
+    ) -> wasmtime::Result<Result<Option<FileInfo>, wit::Error>> {
+        let result = async {
+            granted(store, &bucket)?
+                .update_metadata_if(&bucket, &id, expect, set)
+                .await
+        };
+        Ok(result.await.map_err(wit::Error::from))
     }
 
     async fn find(
@@ -409,21 +424,17 @@ impl<T> wit::HostWithStore<T> for Blobs {
         bucket: String,
         key: String,
         value: String,
-    ) -> wasmtime::Result<Result<Vec<FileInfo>, Error>> {
-        Ok(match granted(store, &bucket) {
-            Ok(b) => b.find(&bucket, &key, &value).await,
-            Err(e) => Err(e),
-        })
+    ) -> wasmtime::Result<Result<Vec<FileInfo>, wit::Error>> {
+        let result = async { granted(store, &bucket)?.find(&bucket, &key, &value).await };
+        Ok(result.await.map_err(wit::Error::from))
     }
 
     async fn delete(
         store: &Accessor<T, Self>,
         bucket: String,
         id: String,
-    ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(match granted(store, &bucket) {
-            Ok(b) => b.delete(&bucket, &id).await,
-            Err(e) => Err(e),
-        })
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        let result = async { granted(store, &bucket)?.delete(&bucket, &id).await };
+        Ok(result.await.map_err(wit::Error::from))
     }
 }

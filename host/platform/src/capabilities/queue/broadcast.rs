@@ -7,8 +7,8 @@
 //! - **RabbitMQ**: a durable fanout exchange per topic (`spindle.deploys`);
 //!   each subscriber binds an exclusive, auto-delete, server-named queue to
 //!   it, so the broker drops the queue with the subscriber's connection.
-//!   The subscription reconnects with backoff like the consumers do
-//!   (`rabbitmq_consumer.rs`) and reports [`Signal::Resubscribed`] after
+//!   The subscription reconnects with the consumers' backoff
+//!   (`reconnect.rs`) and reports [`Signal::Resubscribed`] after
 //!   each reconnection. Publishing is confirmed; "no subscriber bound" is
 //!   not an error.
 //! - **Embedded**: the queue directory is locked to one process, so there is
@@ -16,7 +16,6 @@
 //!   ends at once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -28,12 +27,10 @@ use tokio::sync::mpsc;
 
 use super::QueueError;
 use super::rabbitmq::RabbitMq;
+use super::reconnect;
 
 /// The topic hot redeploys are announced on (also the exchange's name).
 pub const BROADCAST_DEPLOYS: &str = "spindle.deploys";
-
-/// Longest wait between two attempts to resubscribe.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a [`Subscription`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,26 +163,23 @@ pub(super) async fn subscribe(
     let topic = topic.to_string();
     let task = tokio::spawn(async move {
         let mut current = first;
-        let mut backoff = Duration::from_millis(100);
         loop {
             let (_channel, mut consumer) = match current.take() {
                 Some(bound) => bound,
-                None => match bind(&broker, &topic).await {
-                    Ok(bound) => {
-                        tracing::info!(%topic, "broadcast subscription restored");
-                        backoff = Duration::from_millis(100);
-                        if tx.send(Signal::Resubscribed).await.is_err() {
-                            return;
-                        }
-                        bound
+                None => {
+                    let bound = reconnect::until_ok(
+                        || bind(&broker, &topic),
+                        |e, wait| {
+                            tracing::warn!(%topic, "cannot resubscribe, retrying in {wait:?}: {e}");
+                        },
+                    )
+                    .await;
+                    tracing::info!(%topic, "broadcast subscription restored");
+                    if tx.send(Signal::Resubscribed).await.is_err() {
+                        return;
                     }
-                    Err(e) => {
-                        tracing::warn!(%topic, "cannot resubscribe, retrying in {backoff:?}: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        continue;
-                    }
-                },
+                    bound
+                }
             };
             while let Some(delivery) = consumer.next().await {
                 match delivery {

@@ -17,11 +17,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{DeadLetter, DeadLetterLimits, QueueError};
+use crate::clock::now_ms;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -134,7 +135,7 @@ impl Store {
             c.execute(
                 "INSERT INTO messages (queue, message_id, body, attempt, visible_at)
                  VALUES (?1, ?2, ?3, 0, ?4)",
-                params![queue, message_id, body, now_ms()],
+                params![queue, message_id, body, sql_ms(now_ms())],
             )
             .map(drop)
         })
@@ -150,7 +151,7 @@ impl Store {
                     "SELECT id, message_id, body, attempt + 1, replayed FROM messages
                      WHERE queue = ?1 AND claimed = 0 AND visible_at <= ?2
                      ORDER BY visible_at, id LIMIT 1",
-                    params![queue, now_ms()],
+                    params![queue, sql_ms(now_ms())],
                     |row| {
                         Ok(Claimed {
                             id: row.get(0)?,
@@ -183,7 +184,9 @@ impl Store {
                 |row| row.get(0),
             )
         })?;
-        Ok(next.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0).unsigned_abs())))
+        Ok(next.map(|at| {
+            Duration::from_millis(at.saturating_sub(sql_ms(now_ms())).max(0).unsigned_abs())
+        }))
     }
 
     pub(super) fn ack(&self, id: i64) -> Result<(), QueueError> {
@@ -211,7 +214,7 @@ impl Store {
                     id,
                     next_attempt.saturating_sub(1),
                     reason,
-                    now_ms().saturating_add(delay_ms)
+                    sql_ms(now_ms()).saturating_add(delay_ms)
                 ],
             )
             .map(drop)
@@ -224,7 +227,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO dead_letters (queue, message_id, body, attempt, reason, dead_at)
                  SELECT queue, message_id, body, attempt, ?2, ?3 FROM messages WHERE id = ?1",
-                params![id, reason, now_ms()],
+                params![id, reason, sql_ms(now_ms())],
             )?;
             tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
             tx.commit()
@@ -268,7 +271,7 @@ impl Store {
                 "INSERT INTO messages (queue, message_id, body, attempt, visible_at, replayed)
                  SELECT queue, message_id, body, 0, ?3, 1 FROM dead_letters
                  WHERE queue = ?1 ORDER BY id LIMIT ?2",
-                params![queue, limit, now_ms()],
+                params![queue, limit, sql_ms(now_ms())],
             )?;
             tx.execute(
                 "DELETE FROM dead_letters WHERE id IN
@@ -293,7 +296,7 @@ impl Store {
             let tx = c.transaction()?;
             let old = tx.execute(
                 "DELETE FROM dead_letters WHERE queue = ?1 AND dead_at < ?2",
-                params![queue, now_ms().saturating_sub(max_age)],
+                params![queue, sql_ms(now_ms()).saturating_sub(max_age)],
             )?;
             let over = tx.execute(
                 "DELETE FROM dead_letters WHERE queue = ?1 AND id NOT IN
@@ -340,9 +343,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
-fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+/// Milliseconds as the queue's tables store them (SQLite integers).
+fn sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }

@@ -54,6 +54,7 @@ mod embedded;
 mod embedded_store;
 mod rabbitmq;
 mod rabbitmq_consumer;
+mod reconnect;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -350,7 +351,7 @@ impl Broker {
     ) -> Result<Consumer, QueueError> {
         opts.validate()?;
         match self {
-            Broker::RabbitMq(b) => b.consume(queue, opts, handler).await,
+            Broker::RabbitMq(b) => rabbitmq_consumer::start(b.clone(), queue, opts, handler).await,
             Broker::Embedded(b) => b.consume(queue, opts, handler).await,
         }
     }

@@ -1,5 +1,6 @@
 //! The RabbitMQ backend (`lapin`): connection, topology, confirmed publishing.
-//! The consumer loop is in `rabbitmq_consumer.rs`.
+//! The consumer loop is in `rabbitmq_consumer.rs`, which builds on this
+//! module (never the other way round).
 //!
 //! ## Topology (declared on every (re)connect; declarations are idempotent)
 //!
@@ -73,11 +74,9 @@ use lapin::{
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::consumer::Consumer;
-use super::{
-    ConsumeOptions, DeadLetter, DeadLetterLimits, Handler, QueueError, dead_queue_name,
-    new_message_id,
-};
+use super::{DeadLetter, DeadLetterLimits, QueueError, dead_queue_name, new_message_id};
+use crate::clock::now_ms;
+use crate::urls::redact_url;
 
 /// The exchange every `Q.dead` is bound to.
 pub(super) const DEAD_EXCHANGE: &str = "spindle.dead";
@@ -94,7 +93,7 @@ const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AMQP persistent delivery mode.
-const PERSISTENT: u8 = 2;
+pub(super) const PERSISTENT: u8 = 2;
 
 pub(super) fn retry_queue_name(queue: &str) -> String {
     format!("{queue}.retry")
@@ -125,7 +124,7 @@ struct Live {
 
 impl RabbitMq {
     pub(super) async fn connect(url: &str, queues: Vec<String>) -> Result<RabbitMq, QueueError> {
-        let target = redact(url);
+        let target = redact_url(url);
         for queue in &queues {
             // A retry step queue has the longest name; AMQP allows 255 bytes.
             let longest = retry_step_queue(queue, Duration::MAX);
@@ -407,16 +406,6 @@ impl RabbitMq {
             .map_err(self.amqp_err("cannot open a consumer channel"))
     }
 
-    pub(super) async fn consume(
-        self: &Arc<Self>,
-        queue: &str,
-        opts: ConsumeOptions,
-        handler: Handler,
-    ) -> Result<Consumer, QueueError> {
-        self.check_declared(queue)?;
-        super::rabbitmq_consumer::start(self.clone(), queue, opts, handler).await
-    }
-
     pub(super) async fn ping(&self) -> Result<(), QueueError> {
         self.live().await.map(drop)
     }
@@ -645,48 +634,10 @@ pub(super) fn header_true(headers: Option<&FieldTable>, key: &str) -> bool {
     )
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn header_string(headers: Option<&FieldTable>, key: &str) -> Option<String> {
     match headers?.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
-    }
-}
-
-/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
-pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{masked}@{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn urls_are_shown_without_passwords() {
-        assert_eq!(
-            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://u@h/v?x=1"), "amqp://u@h/v?x=1");
-        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
     }
 }

@@ -5,7 +5,6 @@
 //! `rabbitmq.rs` describes; a side task trims the dead letters.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -18,17 +17,14 @@ use tokio::task::JoinSet;
 
 use super::consumer::{Consumer, StopSignal, process};
 use super::rabbitmq::{
-    ATTEMPT_HEADER, DEAD_AT_HEADER, DEAD_EXCHANGE, ERROR_HEADER, REPLAYED_HEADER, RabbitMq,
-    header_true, header_u32, message_id_of, now_ms,
+    ATTEMPT_HEADER, DEAD_AT_HEADER, DEAD_EXCHANGE, ERROR_HEADER, PERSISTENT, REPLAYED_HEADER,
+    RabbitMq, header_true, header_u32, message_id_of,
 };
+use super::reconnect::{self, MAX_BACKOFF};
 use super::{
     ConsumeOptions, DEAD_LETTER_TRIM_EVERY, Delivery, Handler, QueueError, Settle, new_message_id,
 };
-
-/// Longest wait between two attempts to resubscribe.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// AMQP persistent delivery mode.
-const PERSISTENT: u8 = 2;
+use crate::clock::now_ms;
 
 struct Subscription {
     channel: Channel,
@@ -60,6 +56,7 @@ pub(super) async fn start(
     opts: ConsumeOptions,
     handler: Handler,
 ) -> Result<Consumer, QueueError> {
+    broker.check_declared(queue)?;
     let first = match subscribe(&broker, queue, &opts).await {
         Ok(sub) => {
             tracing::info!(queue, ?opts, "consuming from RabbitMQ");
@@ -136,26 +133,24 @@ async fn consume(ctx: &Ctx, first: Option<Subscription>, stop: &mut StopSignal) 
     let slots = Arc::new(Semaphore::new(ctx.opts.slots()));
     let mut running = JoinSet::new();
     let mut next = first;
-    let mut backoff = Duration::from_millis(100);
     loop {
         let mut sub = match next.take() {
             Some(sub) => sub,
-            None => match subscribe(&ctx.broker, &ctx.queue, &ctx.opts).await {
-                Ok(sub) => {
-                    tracing::info!(queue = %ctx.queue, "consumer resubscribed");
-                    backoff = Duration::from_millis(100);
-                    sub
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %ctx.queue, "cannot resubscribe, retrying in {backoff:?}: {e}");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.wait() => break,
+            None => {
+                let resubscribed = reconnect::until_ok(
+                    || subscribe(&ctx.broker, &ctx.queue, &ctx.opts),
+                    |e, wait| {
+                        tracing::warn!(queue = %ctx.queue, "cannot resubscribe, retrying in {wait:?}: {e}");
+                    },
+                );
+                tokio::select! {
+                    sub = resubscribed => {
+                        tracing::info!(queue = %ctx.queue, "consumer resubscribed");
+                        sub
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
+                    () = stop.wait() => break,
                 }
-            },
+            }
         };
         match pump(ctx, &mut sub, &slots, &mut running, stop).await {
             Ended::Lost => continue,

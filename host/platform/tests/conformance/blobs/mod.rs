@@ -10,7 +10,9 @@ use std::path::Path;
 use bytes::Bytes;
 use mongodb::bson::oid::ObjectId;
 use sha2::{Digest, Sha256};
-use spindle_platform::capabilities::blobs::{BlobStore, ChunkReceiver, Error, FileInfo, NewFile};
+use spindle_platform::capabilities::blobs::{
+    BlobError, BlobStore, ChunkReceiver, FileInfo, NewFile,
+};
 use spindle_platform::metrics::Metrics;
 use tokio::sync::mpsc;
 
@@ -139,7 +141,7 @@ fn feed(data: Vec<u8>) -> mpsc::Receiver<Bytes> {
     rx
 }
 
-async fn drain(mut rx: ChunkReceiver) -> Result<Vec<u8>, Error> {
+async fn drain(mut rx: ChunkReceiver) -> Result<Vec<u8>, BlobError> {
     let mut out = Vec::new();
     while let Some(chunk) = rx.recv().await {
         out.extend_from_slice(&chunk?);
@@ -192,7 +194,7 @@ async fn stores_reads_updates_and_deletes(backend: &Backend) {
     }
     assert!(matches!(
         store.read(bucket, &created.id, SIZE as u64 + 1, None).await,
-        Err(Error::Invalid(_))
+        Err(BlobError::Invalid(_))
     ));
 
     // Metadata: update keeps other keys; find by key.
@@ -242,26 +244,26 @@ async fn stores_reads_updates_and_deletes(backend: &Backend) {
     // Bad ids and keys are refused, not looked up.
     assert!(matches!(
         store.stat(bucket, "not-an-id").await,
-        Err(Error::Invalid(_))
+        Err(BlobError::Invalid(_))
     ));
     assert!(matches!(
         store
             .update_metadata(bucket, &created.id, meta(&[("a.b", "x")]))
             .await,
-        Err(Error::Invalid(_))
+        Err(BlobError::Invalid(_))
     ));
     assert!(matches!(
         store.stat("../etc", &created.id).await,
-        Err(Error::Invalid(_))
+        Err(BlobError::Invalid(_))
     ));
     let missing = ObjectId::new().to_hex();
     assert!(matches!(
         store.stat(bucket, &missing).await,
-        Err(Error::NotFound(_))
+        Err(BlobError::NotFound { .. })
     ));
     assert!(matches!(
         store.read(bucket, &missing, 0, None).await,
-        Err(Error::NotFound(_))
+        Err(BlobError::NotFound { .. })
     ));
 
     // An empty file is a file.
@@ -311,11 +313,11 @@ async fn stores_reads_updates_and_deletes(backend: &Backend) {
     store.delete(bucket, &created.id).await.unwrap();
     assert!(matches!(
         store.stat(bucket, &created.id).await,
-        Err(Error::NotFound(_))
+        Err(BlobError::NotFound { .. })
     ));
     assert!(matches!(
         store.delete(bucket, &created.id).await,
-        Err(Error::NotFound(_))
+        Err(BlobError::NotFound { .. })
     ));
     store.delete(bucket, &empty.id).await.unwrap();
 }
@@ -452,13 +454,13 @@ async fn claims_are_compare_and_set(backend: &Backend) {
         store
             .update_metadata_if(bucket, &missing, vec![], meta(&[("a", "b")]))
             .await,
-        Err(Error::NotFound(_))
+        Err(BlobError::NotFound { .. })
     ));
     assert!(matches!(
         store
             .update_metadata_if(bucket, &job.id, vec![("$where".into(), None)], vec![])
             .await,
-        Err(Error::Invalid(_))
+        Err(BlobError::Invalid(_))
     ));
     store.delete(bucket, &job.id).await.unwrap();
 }
