@@ -15,6 +15,10 @@
 //! signups per address (`throttle.rs`): past a limit the answer is `429`
 //! with `Retry-After`, given before any Argon2 work.
 
+// The bindings wit-bindgen generates (imports and the exported handler)
+// are unsafe FFI; the code written here is not.
+#![allow(unsafe_code)]
+
 mod config;
 mod email;
 mod http_util;

@@ -175,6 +175,7 @@ impl Sandbox {
         // SAFETY: the closure runs in the forked child before exec and only
         // makes system calls (setrlimit, unshare, prctl, landlock, seccomp);
         // it allocates nothing and takes no lock.
+        #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
                 for (resource, value) in caps {

@@ -38,6 +38,10 @@
 //! one. Closing the window entirely would need the mail server and the blob
 //! store to commit together, which they cannot.
 
+// The bindings wit-bindgen generates (imports and the exported handler)
+// are unsafe FFI; the code written here is not.
+#![allow(unsafe_code)]
+
 mod email;
 mod message;
 

@@ -49,7 +49,7 @@ send_mail = true
 public_url = "{{{{ public_url }}}}"
 "#,
         testbed = wasm.join("testbed.wasm").display(),
-        notify = wasm.join("notifier.wasm").display(),
+        notify = wasm.join("notify.wasm").display(),
     )
 }
 

@@ -50,7 +50,9 @@ impl CompileCache {
             // below from `Component::serialize` of an engine with the same
             // compatibility hash (part of the file name). A damaged file
             // fails the header checks and is recompiled.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize_file(engine, &path) };
+            match loaded {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "discarding unreadable cache entry: {e:#}")

@@ -45,7 +45,7 @@ pub fn build_components() -> PathBuf {
                 "-p",
                 "gateway",
                 "-p",
-                "notifier",
+                "notify@0.1.0",
                 "-p",
                 "testbed",
                 "-p",

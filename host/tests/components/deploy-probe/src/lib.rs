@@ -12,6 +12,10 @@
 //!   N ms, then mails `done <version>` (a slow invocation that outlives a
 //!   swap).
 
+// The bindings wit-bindgen generates (imports and the exported handler)
+// are unsafe FFI; the code written here is not.
+#![allow(unsafe_code)]
+
 use futures::SinkExt;
 use http_body_util::StreamBody;
 use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body};

@@ -1,6 +1,10 @@
 //! A WASIp2 HTTP component: `/hello` greets, `/echo` streams the request body
 //! back as it arrives, so the host must stream both directions.
 
+// The bindings wit-bindgen generates (imports and the exported handler)
+// are unsafe FFI; the code written here is not.
+#![allow(unsafe_code)]
+
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };

@@ -2,6 +2,10 @@
 //! host must handle (streaming, variables, outbound HTTP, traps, runaway loops,
 //! unbounded allocation, SQL that tries to leave its database).
 
+// The bindings wit-bindgen generates (imports and the exported handler)
+// are unsafe FFI; the code written here is not.
+#![allow(unsafe_code)]
+
 use spin_sdk::http::{BoxBody, FullBody, Request, Response, StatusCode, box_body};
 use spin_sdk::http_service;
 use std::sync::atomic::{AtomicU32, Ordering};
