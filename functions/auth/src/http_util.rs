@@ -1,5 +1,6 @@
-//! HTTP plumbing shared by the routes: the JSON error shape every failure
-//! answers with, bounded body reading, and `Authorization` header parsing.
+//! HTTP plumbing shared by the routes: JSON answers (errors in the shape
+//! every function shares, from the `api-error` crate), bounded body
+//! reading, and `Authorization` header parsing.
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -23,84 +24,18 @@ const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// A failed request, answered as `{"error": message}` with `status`.
-///
-/// Handlers return this instead of building error responses themselves so
-/// that every failure has the same shape and content type.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    /// A header HTTP requires alongside some statuses (`Allow` on 405,
-    /// `WWW-Authenticate` on 401, `Retry-After` on 429).
-    header: Option<(&'static str, HeaderValue)>,
+/// A failed request, answered as `{"error": message}` with `status`: the
+/// shape every function of the app answers with (crate `api-error`).
+pub use api_error::ApiError;
+
+/// The response for a failed request.
+pub fn error_response(e: ApiError) -> HttpResponse {
+    e.into_response(|body| body)
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            header: None,
-        }
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.header = Some((name, HeaderValue::from_static(value)));
-        self
-    }
-
-    /// A 429 telling the client how many seconds to wait, in the message
-    /// and in `Retry-After`.
-    pub fn too_many_requests(retry_after_secs: u64, message: impl Into<String>) -> Self {
-        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, message);
-        error.header = Some(("retry-after", HeaderValue::from(retry_after_secs)));
-        error
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    /// A 401 naming the scheme the client should authenticate with.
-    pub fn unauthorized(challenge: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, message).with_header("www-authenticate", challenge)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-
-    pub fn into_response(self) -> HttpResponse {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: &'a str,
-        }
-        let mut response = json(
-            self.status,
-            &Body {
-                error: &self.message,
-            },
-        );
-        if let Some((name, value)) = self.header {
-            response.headers_mut().insert(name, value);
-        }
-        response
-    }
-}
-
-/// A JSON response. Serialising the plain structs used here cannot fail, but
-/// if it ever did the client still gets a JSON error rather than a trap.
+/// A JSON response (see [`api_error::json`]).
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    match serde_json::to_string(value) {
-        Ok(body) => with_content_type(status, body, "application/json"),
-        Err(_) => with_content_type(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"could not encode the response as JSON"}"#.to_owned(),
-            "application/json",
-        ),
-    }
+    api_error::json(status, value, |body| body)
 }
 
 /// A `text/plain` response, used for the bare token returned by `/login`.

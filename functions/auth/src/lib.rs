@@ -30,7 +30,7 @@ mod users;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use spin_sdk::http::{Method, Request, StatusCode};
+use spin_sdk::http::{HeaderName, Method, Request, StatusCode};
 #[cfg(target_arch = "wasm32")]
 use spin_sdk::http_service;
 
@@ -49,7 +49,7 @@ const BEARER_CHALLENGE: &str = r#"Bearer realm="spindle""#;
 #[cfg_attr(target_arch = "wasm32", http_service)]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(req: Request) -> HttpResponse {
-    route(req).await.unwrap_or_else(ApiError::into_response)
+    route(req).await.unwrap_or_else(http_util::error_response)
 }
 
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {
@@ -70,7 +70,7 @@ async fn route(req: Request) -> Result<HttpResponse, ApiError> {
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{path} only accepts POST, not {}", req.method()),
         )
-        .with_header("allow", "POST"));
+        .with_header(HeaderName::from_static("allow"), "POST"));
     }
     match handler {
         Route::Signup => signup(req).await,

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
-use spin_sdk::http::{HeaderMap, HeaderName, StatusCode, send};
+use spin_sdk::http::{HeaderMap, StatusCode, send};
 
 use spin_sdk::wasip3::http::types::ErrorCode;
 
@@ -75,10 +75,7 @@ pub async fn authenticate(headers: &HeaderMap) -> Result<Caller, ApiError> {
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, message).with_header(
-        HeaderName::from_static("www-authenticate"),
-        BEARER_CHALLENGE,
-    )
+    ApiError::unauthorized(BEARER_CHALLENGE, message)
 }
 
 /// What auth answered, read in full (it is small).

@@ -1,5 +1,7 @@
-//! The one error shape every route answers with, `{"error": "..."}`, and the
-//! response builders shared by the routes.
+//! The one error shape every route answers with, `{"error": "..."}`
+//! ([`ApiError`], shared with auth through the `api-error` crate), how
+//! blob and queue failures map onto it, and the response builders shared
+//! by the routes.
 //!
 //! Handlers return [`ApiError`] instead of building error responses
 //! themselves, so every failure has the same body and content type and no
@@ -8,7 +10,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use spin_sdk::http::{BoxBody, FullBody, HeaderName, HeaderValue, Response, StatusCode, box_body};
+use spin_sdk::http::{BoxBody, FullBody, HeaderValue, Response, StatusCode, box_body};
 
 use crate::bindings::blobs::store;
 use crate::bindings::queue::publisher;
@@ -17,88 +19,22 @@ use crate::bindings::queue::publisher;
 /// JSON and the streamed download share one type.
 pub type HttpResponse = Response<BoxBody>;
 
-/// A failed request, answered as `{"error": message}` with `status`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
+/// A failed request, answered as `{"error": message}` with `status`: the
+/// shape every function of the app answers with (crate `api-error`).
+pub use api_error::ApiError;
+
+/// The response for a failed request.
+pub fn error_response(e: ApiError) -> HttpResponse {
+    e.into_response(buffered)
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// Adds a header to the error response. A value that is not a valid
-    /// header value is dropped rather than turning the error into a trap.
-    pub fn with_header(mut self, name: HeaderName, value: impl AsRef<str>) -> Self {
-        if let Ok(value) = HeaderValue::from_str(value.as_ref()) {
-            self.headers.push((name, value));
-        }
-        self
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-
-    #[cfg(test)]
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    #[cfg(test)]
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn into_response(self) -> HttpResponse {
-        let mut response = json(
-            self.status,
-            &ErrorBody {
-                error: &self.message,
-            },
-        );
-        for (name, value) in self.headers {
-            response.headers_mut().insert(name, value);
-        }
-        response
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
-/// A JSON response. Serialising the plain structs used here cannot fail, but
-/// if it ever did the client still gets a JSON error rather than a trap.
+/// A JSON response (see [`api_error::json`]).
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    match serde_json::to_vec(value) {
-        Ok(body) => with_body(status, "application/json", body),
-        Err(_) => with_body(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "application/json",
-            br#"{"error":"could not encode the response as JSON"}"#.to_vec(),
-        ),
-    }
+    api_error::json(status, value, buffered)
+}
+
+fn buffered(text: String) -> BoxBody {
+    box_body(FullBody::new(Bytes::from(text)))
 }
 
 /// A response without a body or content type, such as `304`.

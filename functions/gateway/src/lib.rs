@@ -45,7 +45,7 @@ pub const MP3S_BUCKET: &str = "mp3s";
 #[cfg_attr(target_arch = "wasm32", http_service)]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 async fn handle(req: Request) -> HttpResponse {
-    route(req).await.unwrap_or_else(ApiError::into_response)
+    route(req).await.unwrap_or_else(errors::error_response)
 }
 
 /// The routes this component serves and the one method each accepts.
