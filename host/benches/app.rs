@@ -6,6 +6,9 @@
 //! Run with `cargo bench -p spindle --bench app` (needs ffmpeg). Knob:
 //! `BENCH_MIB` (default 1024) sets the size of the large file.
 
+// Benchmark code: a failed unwrap is a failed benchmark, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 

@@ -7,6 +7,9 @@
 //! and the host share the machine, so the latencies include the attack's
 //! own CPU use on the client side.
 
+// Benchmark code: a failed unwrap is a failed benchmark, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 

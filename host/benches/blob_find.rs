@@ -13,6 +13,9 @@
 //! answers every query with a linear scan, so timing it would measure the
 //! test server, not an index.
 
+// Benchmark code: a failed unwrap is a failed benchmark, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 use futures::StreamExt;
 use spindle_platform::capabilities::blobs::{BlobStore, NewFile};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,9 @@
 //! The load generator shares the machine with the host, so the numbers are
 //! a floor for what the host alone could do.
 
+// Benchmark code: a failed unwrap is a failed benchmark, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 

@@ -4,6 +4,9 @@
 //! hostile uploads (a decompression bomb, no audio, playlists that point
 //! elsewhere, forged messages).
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 use convert::{AppSettings, ConvertConfig, JobMessage};
 use spindle_platform::capabilities::blobs::{BlobStore, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{

@@ -9,6 +9,9 @@
 //!
 //! `cargo test -p spindle --test integration hostile::` runs one module.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod app;

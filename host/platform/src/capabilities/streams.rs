@@ -39,8 +39,8 @@ impl<D> StreamConsumer<D> for ChannelConsumer {
     fn poll_consume(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        store: StoreContextMut<D>,
-        src: Source<Self::Item>,
+        store: StoreContextMut<'_, D>,
+        src: Source<'_, Self::Item>,
         finish: bool,
     ) -> Poll<wasmtime::Result<StreamResult>> {
         match self.tx.poll_reserve(cx) {

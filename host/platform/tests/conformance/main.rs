@@ -14,6 +14,9 @@
 //! the GridFS orphan sweep, URL redaction) stay next to the code, in
 //! `#[cfg(test)]` modules under `src/`.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 mod blobs;
 mod layers;
 mod mail;

@@ -1,6 +1,9 @@
 //! Tests through the official `mongodb` driver against an in-process
 //! `mongo-wire` server (one test binary, so the driver links once).
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 mod auth;
 mod binary;
 mod crud;
