@@ -11,12 +11,13 @@
 //!   readiness; [`app`]: the parts wired together.
 //! - [`admin`] and [`metrics`]: operating it.
 //! - [`listener`]: the accept loop and connection limits both listeners share.
-//! - [`clock`], [`signals`], [`urls`]: small helpers the host, the worker
-//!   and the backends share.
+//! - [`backoff`], [`clock`], [`signals`], [`urls`]: small helpers the host,
+//!   the worker and the backends share.
 
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod capabilities;
 pub mod clock;
 pub mod components;

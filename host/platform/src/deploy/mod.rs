@@ -128,10 +128,6 @@ pub(crate) fn history(records: Vec<VersionRecord>) -> Vec<VersionRecord> {
     stack
 }
 
-/// The longest pause between attempts to read the deploy records at
-/// start-up (as for the queue consumers' reconnects).
-const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
-
 /// The deploy event sent to every host; it only says where to look.
 #[derive(Serialize, Deserialize)]
 struct Event {
@@ -402,21 +398,22 @@ impl Deployer {
     }
 
     /// Reads the deploy records until the blob store answers, backing off
-    /// up to [`MAX_STARTUP_BACKOFF`] between attempts, then lets requests
-    /// and messages through (see [`Startup`]).
+    /// as [`crate::backoff`] does between attempts, then lets requests and
+    /// messages through (see [`Startup`]).
     async fn finish_startup(&self) {
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        while let Err(e) = self.catch_up_all().await {
-            let why = format!(
-                "reading the deploy records from {}: {e}",
-                self.blobs().describe()
-            );
-            tracing::warn!("{why}; retrying in {backoff:?}");
-            self.lifecycle.set_startup(Startup::Waiting(why));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
-        }
+        crate::backoff::until_ok(
+            || self.catch_up_all(),
+            |e: &DeployError, wait| {
+                let why = format!(
+                    "reading the deploy records from {}: {e}",
+                    self.blobs().describe()
+                );
+                tracing::warn!("{why}; retrying in {wait:?}");
+                self.lifecycle.set_startup(Startup::Waiting(why));
+            },
+        )
+        .await;
         self.lifecycle.set_startup(Startup::Done);
         tracing::info!("deploy records read in {:.1?}; serving", started.elapsed());
     }

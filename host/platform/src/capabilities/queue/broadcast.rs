@@ -8,7 +8,7 @@
 //!   each subscriber binds an exclusive, auto-delete, server-named queue to
 //!   it, so the broker drops the queue with the subscriber's connection.
 //!   The subscription reconnects with the consumers' backoff
-//!   (`reconnect.rs`) and reports [`Signal::Resubscribed`] after
+//!   ([`crate::backoff`]) and reports [`Signal::Resubscribed`] after
 //!   each reconnection. Publishing is confirmed; "no subscriber bound" is
 //!   not an error.
 //! - **Embedded**: the queue directory is locked to one process, so there is
@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::QueueError;
 use super::rabbitmq::RabbitMq;
-use super::reconnect;
+use crate::backoff;
 
 /// The topic hot redeploys are announced on (also the exchange's name).
 pub const BROADCAST_DEPLOYS: &str = "spindle.deploys";
@@ -167,7 +167,7 @@ pub(super) async fn subscribe(
             let (_channel, mut consumer) = match current.take() {
                 Some(bound) => bound,
                 None => {
-                    let bound = reconnect::until_ok(
+                    let bound = backoff::until_ok(
                         || bind(&broker, &topic),
                         |e, wait| {
                             tracing::warn!(%topic, "cannot resubscribe, retrying in {wait:?}: {e}");

@@ -54,7 +54,6 @@ mod embedded;
 mod embedded_store;
 mod rabbitmq;
 mod rabbitmq_consumer;
-mod reconnect;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -20,10 +20,10 @@ use super::rabbitmq::{
     ATTEMPT_HEADER, DEAD_AT_HEADER, DEAD_EXCHANGE, ERROR_HEADER, PERSISTENT, REPLAYED_HEADER,
     RabbitMq, header_true, header_u32, message_id_of,
 };
-use super::reconnect::{self, MAX_BACKOFF};
 use super::{
     ConsumeOptions, DEAD_LETTER_TRIM_EVERY, Delivery, Handler, QueueError, Settle, new_message_id,
 };
+use crate::backoff::{self, MAX_BACKOFF};
 use crate::clock::now_ms;
 
 struct Subscription {
@@ -137,7 +137,7 @@ async fn consume(ctx: &Ctx, first: Option<Subscription>, stop: &mut StopSignal) 
         let mut sub = match next.take() {
             Some(sub) => sub,
             None => {
-                let resubscribed = reconnect::until_ok(
+                let resubscribed = backoff::until_ok(
                     || subscribe(&ctx.broker, &ctx.queue, &ctx.opts),
                     |e, wait| {
                         tracing::warn!(queue = %ctx.queue, "cannot resubscribe, retrying in {wait:?}: {e}");

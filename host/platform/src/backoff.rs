@@ -1,24 +1,23 @@
-//! Getting a RabbitMQ subscription back: a consumer whose connection died
-//! and a broadcast subscription that lost its binding retry the same way,
-//! 100 ms after the first failure and twice as long after each next one, up
-//! to [`MAX_BACKOFF`] (reset once one succeeds).
+//! Retrying until a backend answers, the same way everywhere: 100 ms after
+//! the first failure and twice as long after each next one, up to
+//! [`MAX_BACKOFF`]. A RabbitMQ consumer whose connection died, a broadcast
+//! subscription that lost its binding, and a host reading its deploy
+//! records at start-up all wait like this.
 
 use std::time::Duration;
 
-use super::QueueError;
-
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Calls `attempt` until it succeeds and returns what it made; `failed` is
 /// told each error and how long the wait before the next attempt is.
-pub(super) async fn until_ok<T, Fut>(
+pub async fn until_ok<T, E, Fut>(
     mut attempt: impl FnMut() -> Fut,
-    failed: impl Fn(&QueueError, Duration),
+    mut failed: impl FnMut(&E, Duration),
 ) -> T
 where
-    Fut: Future<Output = Result<T, QueueError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -49,11 +48,7 @@ mod tests {
         let made = until_ok(
             || {
                 calls += 1;
-                let result = if calls < 4 {
-                    Err(QueueError::InvalidOptions("down".into()))
-                } else {
-                    Ok(calls)
-                };
+                let result = if calls < 4 { Err("down") } else { Ok(calls) };
                 async move { result }
             },
             |_, wait| waits.lock().unwrap().push(wait.as_millis()),
