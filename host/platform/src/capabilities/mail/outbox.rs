@@ -100,9 +100,11 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
     // The directory may have been removed since start-up; recreate it rather
     // than lose mail.
     std::fs::create_dir_all(dir)?;
+    // Not `*.eml` until it is complete: whoever lists the outbox (people,
+    // tools, the tests) sees only whole messages.
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .suffix(".eml")
+        .suffix(".eml.part")
         .tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
