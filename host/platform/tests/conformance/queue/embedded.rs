@@ -174,10 +174,16 @@ async fn a_full_disk_refuses_messages_and_loses_none() {
     broker.publish(QUEUE, b"after").await.expect("publish");
     let seen = Seen::default();
     let s = seen.clone();
+    // One at a time, so the order they are handled in is the queue's.
+    let one_at_a_time = ConsumeOptions {
+        prefetch: 1,
+        concurrency: 1,
+        ..ConsumeOptions::default()
+    };
     let consumer = broker
         .consume(
             QUEUE,
-            ConsumeOptions::default(),
+            one_at_a_time,
             handler(move |d| {
                 s.push(d);
                 async { Outcome::Ack }
