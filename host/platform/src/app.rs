@@ -51,7 +51,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     info: Vec<ComponentInfo>,
     // Dropped last: instances must be gone before the engine's ticker stops.
-    runtime: Runtime,
+    _runtime: Runtime,
 }
 
 impl App {
@@ -118,18 +118,13 @@ impl App {
             backends,
             metrics,
             info,
-            runtime,
+            _runtime: runtime,
         }))
     }
 
     /// The HTTP trigger, to serve on a listener.
     pub fn http(&self) -> &Arc<HttpTrigger> {
         &self.http
-    }
-
-    /// The `[limits]` every invocation runs under.
-    pub fn limits(&self) -> &crate::runtime_config::Limits {
-        self.runtime.limits()
     }
 
     pub fn metrics(&self) -> &Metrics {

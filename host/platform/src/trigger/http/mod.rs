@@ -73,10 +73,6 @@ impl HttpTrigger {
         &self.router
     }
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen_addr
-    }
-
     /// The route a request to `component` at `path` takes: the one the
     /// path matches, or for a chained call to a component the path does
     /// not route to (a private one), the component as a whole.
