@@ -114,6 +114,14 @@ pub struct UpArgs {
     /// Set an application variable: NAME=VALUE (repeatable).
     #[arg(long = "variable", value_name = "NAME=VALUE")]
     pub variables: Vec<String>,
+    /// Set a key in the `default` key-value store at start-up: KEY=VALUE
+    /// (repeatable).
+    #[arg(long = "key-value", value_name = "KEY=VALUE")]
+    pub key_values: Vec<String>,
+    /// Run a statement against the `default` SQLite database at start-up,
+    /// or every statement in a file with @FILE (repeatable, in order).
+    #[arg(long, value_name = "STATEMENT|@FILE")]
+    pub sqlite: Vec<String>,
     /// Build the components before starting.
     #[arg(long)]
     pub build: bool,

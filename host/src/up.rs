@@ -71,6 +71,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         state_dir: &args.state_dir,
         variable_flags: &args.variables,
         extra_queues: &extra_queues,
+        key_value_flags: &args.key_values,
+        sqlite_flags: &args.sqlite,
     })
     .await?;
     refuse_default_secrets(&args, &manifest, &backends.variables)?;

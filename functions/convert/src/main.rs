@@ -120,6 +120,8 @@ async fn run(args: Args) -> Result<()> {
         state_dir: &args.state_dir,
         variable_flags: &[],
         extra_queues: convert::PUBLISHES,
+        key_value_flags: &[],
+        sqlite_flags: &[],
     })
     .await?;
     let (blobs, broker) = (backends.blobs.clone(), backends.queue.clone());

@@ -46,6 +46,8 @@ blob_buckets = ["videos"]
         state_dir: &state_dir,
         variable_flags: &[],
         extra_queues: &[],
+        key_value_flags: &[],
+        sqlite_flags: &[],
     })
     .await
     .unwrap();

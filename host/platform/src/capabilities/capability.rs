@@ -147,6 +147,11 @@ pub struct BackendEnv<'a> {
     /// Queues to declare beyond those the manifest names (a native
     /// worker's outputs).
     pub extra_queues: &'a [&'a str],
+    /// `--key-value KEY=VALUE` flags: set in the `default` store at start-up.
+    pub key_value_flags: &'a [String],
+    /// `--sqlite STATEMENT` and `--sqlite @FILE` flags: run against the
+    /// `default` database at start-up, in order.
+    pub sqlite_flags: &'a [String],
 }
 
 impl BackendEnv<'_> {
