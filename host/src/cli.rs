@@ -102,9 +102,19 @@ pub struct StatusArgs {
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// The application manifest.
-    #[arg(long, short = 'f', default_value = "spin.toml")]
+    /// The application: its manifest, or the folder holding its spin.toml.
+    #[arg(
+        long = "from",
+        short = 'f',
+        visible_alias = "manifest",
+        alias = "from-file",
+        default_value = "spin.toml"
+    )]
     pub manifest: PathBuf,
+    /// Set an environment variable for every component: KEY=VALUE
+    /// (repeatable; over the manifest's `environment`).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_var)]
+    pub env: Vec<(String, String)>,
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
@@ -162,9 +172,79 @@ pub struct UpArgs {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The application manifest.
-    #[arg(long, short = 'f', default_value = "spin.toml")]
+    /// The application: its manifest, or the folder holding its spin.toml.
+    #[arg(
+        long = "from",
+        short = 'f',
+        visible_alias = "manifest",
+        alias = "from-file",
+        default_value = "spin.toml"
+    )]
     pub manifest: PathBuf,
     /// Components to build (default: all).
     pub components: Vec<String>,
+}
+
+/// `-e KEY=VALUE`, as `spin up -e` takes it.
+fn parse_env_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn spin_up_habits_parse() {
+        let cli = Cli::try_parse_from([
+            "spindle",
+            "up",
+            "-f",
+            "app/",
+            "-e",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--key-value",
+            "k=v",
+            "--sqlite",
+            "@init.sql",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.manifest, PathBuf::from("app/"));
+        assert_eq!(
+            up.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(up.key_values, ["k=v"]);
+        assert_eq!(up.sqlite, ["@init.sql"]);
+        for flag in ["--from", "--manifest", "--from-file"] {
+            let cli = Cli::try_parse_from(["spindle", "up", flag, "x.toml"]).unwrap();
+            let Command::Up(up) = cli.command else {
+                panic!("not up")
+            };
+            assert_eq!(up.manifest, PathBuf::from("x.toml"));
+        }
+        assert!(Cli::try_parse_from(["spindle", "up", "-e", "NOEQUALS"]).is_err());
+    }
+
+    #[test]
+    fn a_misspelt_flag_names_the_closest() {
+        let err = match Cli::try_parse_from(["spindle", "up", "--varible", "a=b"]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("--varible was accepted"),
+        };
+        assert!(err.contains("unexpected argument '--varible'"), "{err}");
+        assert!(
+            err.contains("a similar argument exists: '--variable'"),
+            "{err}"
+        );
+    }
 }

@@ -18,14 +18,23 @@ use spindle_platform::runtime_config::RuntimeConfig;
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 
-pub async fn run(args: UpArgs) -> Result<()> {
+pub async fn run(mut args: UpArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
         let m = manifest.clone();
         tokio::task::spawn_blocking(move || crate::builder::build(&m, &[])).await??;
     }
-    let manifest = Manifest::load(&args.manifest)?;
+    let mut manifest = Manifest::load(&args.manifest)?;
+    for warning in &manifest.warnings {
+        tracing::warn!("{}: {warning}", manifest.path.display());
+    }
+    manifest.add_environment(&args.env);
     spindle_platform::capabilities::registry::grants(&manifest)?;
+    // `.env` beside the manifest feeds variables below the environment.
+    let from_dotenv = spindle_platform::dotenv::variable_values(&manifest, &args.variables, |k| {
+        std::env::var_os(k).is_some()
+    })?;
+    args.variables.extend(from_dotenv);
     tracing::info!(
         app = %manifest.application.name,
         version = manifest.application.version.as_deref().unwrap_or("-"),
@@ -136,7 +145,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         };
         tracing::info!(
             component = %c.id,
-            version = %&c.digest[..12],
+            version = %c.digest.get(..12).unwrap_or(&c.digest),
             "{how} in {:.1?}",
             c.load_time
         );
@@ -271,17 +280,26 @@ fn host_id(listen: std::net::SocketAddr) -> String {
 fn print_routes(app: &App, listen: std::net::SocketAddr, admin: &str) {
     println!("Serving http://{listen}");
     println!("Available Routes:");
+    let components = &app.manifest().components;
     for route in app.http().router().routes() {
-        let suffix = match &route.route {
-            RoutePattern::Wildcard(_) => " (wildcard)",
-            _ => "",
+        let RoutePattern::Path {
+            based, wildcard, ..
+        } = &route.route
+        else {
+            continue;
         };
-        let shown = match &route.route {
-            RoutePattern::Exact(p) => p.clone(),
-            RoutePattern::Wildcard(p) => format!("{p}/..."),
-            RoutePattern::Private => continue,
-        };
-        println!("  {}: http://{listen}{shown}{suffix}", route.component);
+        let shown = based.strip_suffix("/...").unwrap_or(based);
+        let shown = if shown.is_empty() { "/" } else { shown };
+        let suffix = if *wildcard { " (wildcard)" } else { "" };
+        let name = route.component().unwrap_or(&route.trigger_id);
+        println!("  {name}: http://{listen}{shown}{suffix}");
+        if let Some(description) = route
+            .component()
+            .and_then(|id| components.get(id))
+            .and_then(|c| c.description.as_deref())
+        {
+            println!("    {description}");
+        }
     }
     println!("Admin {admin} (/healthz, /readyz, /metrics, /components)");
 }

@@ -131,6 +131,11 @@ impl App {
         &self.metrics
     }
 
+    /// The manifest the application was loaded from.
+    pub fn manifest(&self) -> &Manifest {
+        self.components.manifest()
+    }
+
     pub fn components(&self) -> &[ComponentInfo] {
         &self.info
     }

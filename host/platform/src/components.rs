@@ -181,7 +181,11 @@ impl ComponentSet {
             ),
             None => None,
         };
-        let routed = self.manifest.http_routes.iter().any(|r| r.component == id);
+        let routed = self
+            .manifest
+            .http_routes
+            .iter()
+            .any(|r| r.component() == Some(id));
         let http = match proxy_pre(&loader.engine, id, &linked)? {
             Some(pre) => Some(Arc::new(HttpComponent::new(
                 invoker,
@@ -273,7 +277,7 @@ impl ComponentSet {
             .manifest
             .http_routes
             .iter()
-            .filter_map(|r| self.loader.grants.get(&r.component))
+            .filter_map(|r| self.loader.grants.get(r.component()?))
             .flat_map(Grants::granted)
             .collect();
         names.sort_unstable();

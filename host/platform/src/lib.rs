@@ -2,7 +2,7 @@
 //! worker share.
 //!
 //! - [`manifest`] and [`runtime_config`]: what to run (`spin.toml`) and on
-//!   which backends (the runtime config).
+//!   which backends (the runtime config); [`dotenv`]: variables from `.env`.
 //! - [`runtime`]: the wasmtime engine, compile cache, instances and limits.
 //! - [`trigger`]: the HTTP and AMQP triggers that invoke components.
 //! - [`capabilities`]: one module per capability (WIT, host side, backends).
@@ -22,6 +22,7 @@ pub mod capabilities;
 pub mod clock;
 pub mod components;
 pub mod deploy;
+pub mod dotenv;
 pub mod invoke;
 pub mod lifecycle;
 pub mod listener;

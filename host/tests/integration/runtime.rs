@@ -413,7 +413,7 @@ fn manifest_errors_stop_start_up_with_file_key_and_fix() {
         ),
         (
             format!(
-                "{head}[[trigger.http]]\nroute = \"a\"\ncomponent = \"a\"\n[component.a]\nsource = \"{}\"\n",
+                "{head}[[trigger.http]]\nroute = \"/a/*/b\"\ncomponent = \"a\"\n[component.a]\nsource = \"{}\"\n",
                 wasm.display()
             ),
             "trigger.http[0].route",

@@ -172,11 +172,33 @@ macro_rules! capabilities {
 
 pub(crate) use capabilities;
 
+/// The `[component.ID]` keys the manifest itself reads.
+const MANIFEST_KEYS: &[&str] = &[
+    "source",
+    "description",
+    "build",
+    "tool",
+    "targets",
+    "profile",
+    "dependencies",
+    "dependencies_inherit_configuration",
+    "ai_models",
+];
+
+/// Spin's grant keys whose capability this build does not have: ignoring
+/// one would change what the component can do, so it is refused by name.
+const SPIN_KEYS_NOT_SERVED: &[&str] = &["key_value_stores", "sqlite_databases"];
+
 /// Parses and validates every component's grants.
 pub fn grants(manifest: &Manifest) -> Result<BTreeMap<String, Grants>, ManifestError> {
     let known: Vec<&str> = GRANT_KEYS
         .iter()
         .flat_map(|keys| keys.iter().copied())
+        .collect();
+    let all_keys: Vec<&str> = MANIFEST_KEYS
+        .iter()
+        .copied()
+        .chain(known.iter().copied())
         .collect();
     let mut all = BTreeMap::new();
     for (id, component) in &manifest.components {
@@ -189,15 +211,31 @@ pub fn grants(manifest: &Manifest) -> Result<BTreeMap<String, Grants>, ManifestE
         if let Some(key) = component
             .grants
             .keys()
+            .find(|k| SPIN_KEYS_NOT_SERVED.contains(&k.as_str()) && !known.contains(&k.as_str()))
+        {
+            return Err(err(GrantError::new(
+                key.clone(),
+                format!(
+                    "`{key}` is a Spin key whose capability this build of Spindle does not have"
+                ),
+                "remove it, or run a build of Spindle with that capability",
+            )));
+        }
+        if let Some(key) = component
+            .grants
+            .keys()
             .find(|k| !known.contains(&k.as_str()))
         {
             return Err(err(GrantError::new(
                 key.clone(),
                 format!("unknown key `{key}`"),
-                format!(
-                    "use one of: source, description, build, {}",
-                    known.join(", ")
-                ),
+                match crate::manifest::closest(key, &all_keys) {
+                    Some(near) => format!(
+                        "did you mean `{near}`? (valid keys: {})",
+                        all_keys.join(", ")
+                    ),
+                    None => format!("use one of: {}", all_keys.join(", ")),
+                },
             )));
         }
         let entry = GrantEntry {
@@ -234,7 +272,7 @@ impl super::Backends {
         &self,
         dispatch: std::sync::Weak<dyn super::outbound_http::InternalDispatch>,
     ) {
-        let _ = self.outbound_http.set(dispatch);
+        let _ = self.outbound_http.internal.set(dispatch);
     }
 }
 
@@ -242,6 +280,11 @@ impl InstanceStates {
     /// The `wasi:http` hooks: outbound HTTP's allow-list and chaining.
     pub fn http_hooks(&mut self) -> &mut dyn wasmtime_wasi_http::WasiHttpHooks {
         &mut self.outbound_http
+    }
+
+    /// The component's environment and files, for its WASI context.
+    pub fn wasi(&self) -> &super::wasi::WasiState {
+        &self.wasi
     }
 }
 

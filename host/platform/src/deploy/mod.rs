@@ -471,7 +471,7 @@ impl Deployer {
             let routes: Vec<String> = manifest
                 .http_routes
                 .iter()
-                .filter(|r| &r.component == id)
+                .filter(|r| r.component() == Some(id.as_str()))
                 .map(|r| r.route.to_string())
                 .collect();
             let queues: Vec<String> = manifest

@@ -181,7 +181,7 @@ impl HandlerState for ComponentState {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiry, OneShot>> {
         let started = Instant::now();
-        let mut store = self.invoker.store();
+        let mut store = self.invoker.store().map_err(wasmtime::Error::from_anyhow)?;
         let invocation = store.data().invocation();
         let proxy = self.pre.instantiate_async(&mut store).await?;
         self.metrics

@@ -83,13 +83,13 @@ impl Invoker {
     /// A fresh store for one invocation: the component's capability
     /// states, the request timeout, the memory limiter and the epoch
     /// callback that enforces the deadline.
-    pub fn store(&self) -> Store<InstanceState> {
+    pub fn store(&self) -> anyhow::Result<Store<InstanceState>> {
         let mut store = Store::new(
             &self.engine,
-            InstanceState::new(&self.states, &self.gate, self.limits.request_timeout()),
+            InstanceState::new(&self.states, &self.gate, self.limits.request_timeout())?,
         );
         InstanceState::configure(&mut store);
-        store
+        Ok(store)
     }
 
     /// Why `e` ended the invocation, judged first by what the invocation

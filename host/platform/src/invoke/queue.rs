@@ -43,7 +43,10 @@ impl QueueComponent {
     /// Handles one delivery; a trap or a timeout counts as a retry.
     pub async fn invoke(&self, delivery: Delivery) -> Outcome {
         let timeout = self.invoker.limits().request_timeout();
-        let mut store = self.invoker.store();
+        let mut store = match self.invoker.store() {
+            Ok(store) => store,
+            Err(e) => return Outcome::Retry(self.invoker.instantiation(&e).to_string()),
+        };
         let invocation = store.data().invocation();
         let message = Message {
             queue: delivery.queue,

@@ -159,12 +159,22 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// State for one instance of the component behind `gate`, whose
-    /// memory is charged to the gate's budget.
-    pub fn new(capabilities: &InstanceStates, gate: &Arc<Gate>, timeout: Duration) -> Self {
+    /// memory is charged to the gate's budget. Its WASI context has the
+    /// component's `environment` and its `files` (read-only at `/`);
+    /// failing to open those (their staged folder was removed) fails the
+    /// instance.
+    pub fn new(
+        capabilities: &InstanceStates,
+        gate: &Arc<Gate>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let invocation = Arc::new(Invocation::new(timeout));
         // Guests write to the host's stdout/stderr, like `spin up` does.
-        let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
-        InstanceState {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout().inherit_stderr();
+        capabilities.wasi().configure(&mut wasi)?;
+        let wasi = wasi.build();
+        Ok(InstanceState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
@@ -174,7 +184,7 @@ impl InstanceState {
                 invocation: invocation.clone(),
             },
             invocation,
-        }
+        })
     }
 
     pub fn invocation(&self) -> Arc<Invocation> {

@@ -10,7 +10,7 @@ use crate::invoke::body;
 use crate::lifecycle::Lifecycle;
 use crate::listener::json_error;
 use crate::listener::{Handler, Hygiene};
-use crate::manifest::RoutePattern;
+use crate::manifest::WELL_KNOWN_PREFIX;
 use crate::metrics::Metrics;
 use crate::runtime_config::Limits;
 use futures::future::BoxFuture;
@@ -48,6 +48,9 @@ enum Origin {
     Client(SocketAddr),
     /// Another component, through `http://ID.spin.internal`.
     Chained,
+    /// A component of the application calling the application's own
+    /// routes (`http://self.alt/...` or a relative URL).
+    SelfCall,
 }
 
 impl HttpTrigger {
@@ -59,7 +62,10 @@ impl HttpTrigger {
         listen_addr: SocketAddr,
     ) -> Self {
         HttpTrigger {
-            router: Router::new(&components.manifest().http_routes),
+            router: Router::new(
+                &components.manifest().http_routes,
+                &components.manifest().http_base,
+            ),
             components,
             lifecycle,
             metrics,
@@ -82,12 +88,15 @@ impl HttpTrigger {
             (Some(matched), Some(c)) if matched.component == c => Some(matched),
             (_, Some(c)) => {
                 let id = self.components.manifest().components.get_key_value(c)?.0;
+                // As Spin's chained calls: the whole path under a wildcard.
                 Some(RouteMatch {
                     component: id,
-                    pattern: &PRIVATE,
+                    static_response: None,
                     raw: PRIVATE_ROUTE.to_string(),
-                    base: "",
+                    based: "/...".into(),
+                    component_route: String::new(),
                     path_info: path.to_string(),
+                    captures: Vec::new(),
                 })
             }
             (None, None) => None,
@@ -111,6 +120,7 @@ impl HttpTrigger {
                 .map(str::to_string)
                 .unwrap_or_else(|| self.listen_addr.to_string()),
             Origin::Chained => format!("{}{INTERNAL_SUFFIX}", matched.component),
+            Origin::SelfCall => self.listen_addr.to_string(),
         };
         let path_and_query = parts
             .uri
@@ -121,19 +131,28 @@ impl HttpTrigger {
         parts.uri = full_url.parse().map_err(|_| MalformedUri)?;
         let client = match origin {
             Origin::Client(client) => client.to_string(),
-            Origin::Chained => self.listen_addr.to_string(),
+            Origin::Chained | Origin::SelfCall => self.listen_addr.to_string(),
         };
         let spin_headers = [
             ("spin-full-url", full_url),
             ("spin-path-info", matched.path_info.clone()),
-            ("spin-matched-route", matched.raw.clone()),
+            ("spin-matched-route", matched.based.clone()),
             ("spin-raw-component-route", matched.raw.clone()),
-            ("spin-component-route", matched.base.to_string()),
-            ("spin-base-path", "/".to_string()),
+            ("spin-component-route", matched.component_route.clone()),
+            ("spin-base-path", self.router.base().to_string()),
             ("spin-client-addr", client),
         ];
         for (name, value) in spin_headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
+                parts.headers.insert(name, value);
+            }
+        }
+        for (name, value) in &matched.captures {
+            let name = format!("spin-path-match-{}", name.to_ascii_lowercase());
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name),
+                HeaderValue::from_str(value),
+            ) {
                 parts.headers.insert(name, value);
             }
         }
@@ -161,6 +180,9 @@ impl HttpTrigger {
             );
         }
         let path = req.uri().path().to_string();
+        if let Some(name) = path.strip_prefix(WELL_KNOWN_PREFIX) {
+            return self.well_known(name);
+        }
         let Some(matched) = self.route(&path, None) else {
             let response = json_error(StatusCode::NOT_FOUND, &format!("no route matches {path}"));
             self.metrics.record_request("", "", 404, started.elapsed());
@@ -219,6 +241,9 @@ impl HttpTrigger {
         matched: &RouteMatch<'_>,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
+        if let Some(response) = matched.static_response {
+            return Ok(static_response(response));
+        }
         // A request waits for start-up as it would for a slot.
         self.lifecycle
             .started_within(self.limits.queue_timeout())
@@ -249,6 +274,52 @@ impl HttpTrigger {
     }
 }
 
+impl HttpTrigger {
+    /// `/.well-known/spin/health` answers `OK` and `/.well-known/spin/info`
+    /// the application's name and version, as in Spin, without reaching a
+    /// component; anything else under the prefix is a 404.
+    fn well_known(&self, name: &str) -> http::Response<WasiBody> {
+        let (status, content_type, body) = match name {
+            "health" => (StatusCode::OK, "text/plain", "OK".to_string()),
+            "info" => {
+                let app = &self.components.manifest().application;
+                let mut info = serde_json::json!({ "name": app.name });
+                if let Some(version) = &app.version {
+                    info["version"] = version.clone().into();
+                }
+                (StatusCode::OK, "application/json", info.to_string())
+            }
+            _ => {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route matches {WELL_KNOWN_PREFIX}{name}"),
+                );
+            }
+        };
+        crate::listener::host_response(status, content_type, body)
+    }
+}
+
+/// A `static_response` route's answer (validated when the manifest loaded).
+fn static_response(response: &crate::manifest::StaticResponse) -> http::Response<WasiBody> {
+    let body = http_body_util::Full::new(bytes::Bytes::from(
+        response.body().unwrap_or_default().to_string(),
+    ))
+    .map_err(|never| match never {})
+    .boxed_unsync();
+    let mut out = http::Response::new(body);
+    *out.status_mut() = StatusCode::from_u16(response.status()).unwrap_or(StatusCode::OK);
+    for (name, value) in response.headers() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            out.headers_mut().append(name, value);
+        }
+    }
+    out
+}
+
 /// A request URI that does not make an absolute URL.
 struct MalformedUri;
 
@@ -260,7 +331,6 @@ impl MalformedUri {
 
 /// The route of a chained call to a component the path does not route to.
 const PRIVATE_ROUTE: &str = "internal call";
-static PRIVATE: RoutePattern = RoutePattern::Private;
 
 impl InternalDispatch for HttpTrigger {
     fn dispatch(
@@ -280,6 +350,35 @@ impl InternalDispatch for HttpTrigger {
             };
             let (mut parts, body) = request.into_parts();
             if let Err(e) = self.spin_headers(&mut parts, &matched, &Origin::Chained) {
+                return Ok(e.into_response());
+            }
+            let request = http::Request::from_parts(parts, body);
+            Ok(self.invoke(&matched, request, started).await)
+        })
+    }
+
+    /// Spin sends a self request to its own listener; here it takes the
+    /// same route in-process (routed, admitted and measured like a
+    /// client's), without a socket.
+    fn dispatch_self(
+        self: Arc<Self>,
+        request: http::Request<WasiBody>,
+    ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let path = request.uri().path().to_string();
+            if let Some(name) = path.strip_prefix(WELL_KNOWN_PREFIX) {
+                return Ok(self.well_known(name));
+            }
+            let Some(matched) = self.route(&path, None) else {
+                self.metrics.record_request("", "", 404, started.elapsed());
+                return Ok(json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route matches {path}"),
+                ));
+            };
+            let (mut parts, body) = request.into_parts();
+            if let Err(e) = self.spin_headers(&mut parts, &matched, &Origin::SelfCall) {
                 return Ok(e.into_response());
             }
             let request = http::Request::from_parts(parts, body);

@@ -1,6 +1,7 @@
 //! A component that exercises the host: each route shows one behaviour the
 //! host must handle (streaming, variables, outbound HTTP, traps, runaway loops,
-//! unbounded allocation, SQL that tries to leave its database).
+//! unbounded allocation, SQL that tries to leave its database, the `spin-*`
+//! headers, its environment and its files).
 
 // The bindings wit-bindgen generates (imports and the exported handler)
 // are unsafe FFI; the code written here is not.
@@ -287,6 +288,31 @@ async fn handle(req: Request) -> Response<BoxBody> {
             let rest = p["/blob/".len()..].to_string();
             blob(req, &rest).await
         }
+        // The `spin-*` headers the host set, one `name: value` per line.
+        "/headers" => {
+            let mut lines: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("spin-"))
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            lines.sort();
+            text(StatusCode::OK, lines.join("\n"))
+        }
+        p if p.starts_with("/env/") => match std::env::var(&p[5..]) {
+            Ok(v) => text(StatusCode::OK, v),
+            Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
+        },
+        // Reads a file of the component's `files` (mounted at /).
+        p if p.starts_with("/file/") => match std::fs::read_to_string(&p[5..]) {
+            Ok(v) => text(StatusCode::OK, v),
+            Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
+        },
+        // Tries to write one: the mount is read-only.
+        p if p.starts_with("/write/") => match std::fs::write(&p[6..], b"changed") {
+            Ok(()) => text(StatusCode::OK, "written"),
+            Err(e) => text(StatusCode::FORBIDDEN, e.to_string()),
+        },
         p if p.starts_with("/var/") => match spin_sdk::variables::get(&p[5..]).await {
             Ok(v) => text(StatusCode::OK, v),
             Err(e) => text(StatusCode::NOT_FOUND, format!("{e:?}")),
