@@ -39,7 +39,7 @@ pub async fn run(mut args: UpArgs) -> Result<()> {
         app = %manifest.application.name,
         version = manifest.application.version.as_deref().unwrap_or("-"),
         "loading {}",
-        args.manifest.display()
+        manifest.path.display()
     );
     let runtime_config = match &args.runtime_config_file {
         Some(path) => RuntimeConfig::load(path)?,

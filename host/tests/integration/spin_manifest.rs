@@ -188,6 +188,39 @@ strict = true
         get("/base/users/1/outbound?url=http://self.alt/base/static".into()).await;
     assert_eq!((status, body.as_str()), (418, "short and stout"));
 
+    // What the preopen costs: mean instantiation time with files (testbed)
+    // and without (the inline component: the same wasm).
+    let metrics = http
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for component in ["testbed", "http-trigger1-component"] {
+        let series = |suffix: &str| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!("spindle_instantiation_duration_seconds_{suffix}"))
+                        && l.contains(&format!("component=\"{component}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (sum, count) = (series("sum"), series("count"));
+        eprintln!(
+            "instantiation of {component}: {count} instances, mean {:.0} µs",
+            sum / count.max(1.0) * 1e6
+        );
+        assert!(
+            count > 0.0,
+            "no instantiations of {component} in:\n{metrics}"
+        );
+    }
+
     // Keys Spin accepts that Spindle does not act on are named.
     assert!(
         s.log_contains("component.testbed.ai_models: ignored"),

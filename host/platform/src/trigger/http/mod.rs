@@ -85,7 +85,11 @@ impl HttpTrigger {
     fn route(&self, path: &str, component: Option<&str>) -> Option<RouteMatch<'_>> {
         match (self.router.route(path), component) {
             (Some(matched), None) => Some(matched),
-            (Some(matched), Some(c)) if matched.component == c => Some(matched),
+            (Some(matched), Some(c))
+                if matched.component == c && matched.static_response.is_none() =>
+            {
+                Some(matched)
+            }
             (_, Some(c)) => {
                 let id = self.components.manifest().components.get_key_value(c)?.0;
                 // As Spin's chained calls: the whole path under a wildcard.
