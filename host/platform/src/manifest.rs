@@ -1161,7 +1161,7 @@ mod tests {
     /// on are named in warnings.
     #[test]
     fn spin_keys_are_accepted() {
-        let m = load_str(&format!(
+        let m = load_str(
             r#"spin_manifest_version = 2
 [application]
 name = "t"
@@ -1174,18 +1174,18 @@ base = "/"
 [application.tool.spin-test]
 source = "tests"
 [variables]
-greeting = {{ default = "hi", description = "what to say" }}
+greeting = { default = "hi", description = "what to say" }
 [[trigger.http]]
 id = "main"
 route = "/..."
 component = "a"
-executor = {{ type = "http" }}
+executor = { type = "http" }
 [[trigger.http]]
 route = "/inline"
-component = {{ source = "a.wasm", description = "inline" }}
+component = { source = "a.wasm", description = "inline" }
 [[trigger.http]]
 route = "/static"
-static_response = {{ status_code = 201, headers = {{ x-a = "b" }}, body = "made" }}
+static_response = { status_code = 201, headers = { x-a = "b" }, body = "made" }
 [component.a]
 source = "a.wasm"
 description = "the main one"
@@ -1199,8 +1199,8 @@ watch = ["src/**/*.rs"]
 lint = true
 [component.a.profile.debug]
 source = "debug.wasm"
-"#
-        ))
+"#,
+        )
         .unwrap();
         assert_eq!(m.application.description.as_deref(), Some("an app"));
         assert_eq!(
@@ -1294,11 +1294,11 @@ source = "debug.wasm"
 
     #[test]
     fn base_prefixes_routes_and_duplicates_keep_the_later() {
-        let m = load_str(&format!(
+        let m = load_str(
             "spin_manifest_version = 2\n[application]\nname = \"t\"\n[application.trigger.http]\nbase = \"api\"\n\
              [[trigger.http]]\nroute = \"/x\"\ncomponent = \"a\"\n[[trigger.http]]\nroute = \"/x\"\ncomponent = \"b\"\n\
              [component.a]\nsource = \"a.wasm\"\n[component.b]\nsource = \"a.wasm\"\n"
-        ))
+        )
         .unwrap();
         assert_eq!(m.http_base, "/api");
         assert_eq!(m.http_routes.len(), 1);
