@@ -4,7 +4,8 @@
 //! `SPINDLE_TEST_REDIS_URL` (saying so when it is not set). Each test's
 //! keys carry a prefix of its own, so runs sharing a server stay apart.
 //! The backend-only tests are in `embedded.rs` and `redis.rs`; labels,
-//! grants and the runtime config in `config.rs`.
+//! grants and the runtime config in `config.rs`; `linking.rs` checks that
+//! components importing each interface link against the host.
 
 use std::collections::BTreeSet;
 
@@ -48,6 +49,7 @@ macro_rules! every_behaviour {
 mod backend;
 mod config;
 mod embedded;
+mod linking;
 mod redis;
 
 async fn get_set_delete_exists(b: &Backend) {
