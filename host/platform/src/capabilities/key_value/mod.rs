@@ -521,7 +521,9 @@ mod tests {
                 max_result_bytes: 64,
             },
         });
-        let mut state = KvState::new("c", stores, &[]);
+        // Each instance clones the prepared state: counts are its own.
+        let prepared = KvState::new("c", stores, &[]);
+        let mut state = prepared.clone();
         state.take_store_slot().unwrap();
         state.take_store_slot().unwrap();
         assert!(matches!(state.take_store_slot(), Err(KvError::TableFull(2))));
@@ -529,8 +531,7 @@ mod tests {
         state.take_cas_slot().unwrap();
         state.release_store_slot();
         state.take_store_slot().unwrap();
-        // A fresh instance starts from the prepared state, with none open.
-        let fresh = KvState::new("c", state.stores.clone(), &[]);
-        assert_eq!((fresh.open_stores, fresh.open_cas), (0, 0));
+        let other = prepared.clone();
+        assert_eq!((other.open_stores, other.open_cas), (0, 0));
     }
 }
