@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,6 +26,10 @@ pub struct RuntimeConfig {
     /// it builds its backend; no section selects the embedded default.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
+    /// The folder of the file it was loaded from: relative paths in
+    /// sections start there, as in Spin.
+    #[serde(skip)]
+    pub dir: Option<PathBuf>,
 }
 
 /// A backend section that is only a server's URL.
@@ -81,6 +85,17 @@ pub struct Limits {
     /// sizes it for the machine: half of the memory available to the
     /// process (its cgroup limit, else physical memory), at most 768.
     pub memory_budget_mb: u64,
+    /// Longest key a component may use in a key-value store, in bytes.
+    pub key_value_max_key_bytes: usize,
+    /// Largest value a component may store in a key-value store (Spin
+    /// documents 1 MB).
+    pub key_value_max_value_bytes: usize,
+    /// Key-value stores one instance may hold open at once (Spin's table
+    /// size); compare-and-swap handles are capped the same, separately.
+    pub key_value_max_open_stores: u32,
+    /// Most a key-value call may answer with: a value, a key list, a
+    /// `get-many`.
+    pub key_value_max_result_bytes: usize,
     /// Per-component overrides: `[limits.components.auth] max_concurrency = 16`.
     pub components: BTreeMap<String, ComponentLimits>,
 }
@@ -110,6 +125,10 @@ impl Default for Limits {
             max_concurrency: 64,
             queue_timeout_secs: 5.0,
             memory_budget_mb: 0,
+            key_value_max_key_bytes: 4096,
+            key_value_max_value_bytes: 1 << 20,
+            key_value_max_open_stores: 256,
+            key_value_max_result_bytes: 16 << 20,
             components: BTreeMap::new(),
         }
     }
@@ -180,9 +199,15 @@ impl RuntimeConfig {
         for (key, value) in table.iter_mut() {
             expand_env(value, key, &|name| std::env::var(name).ok()).map_err(parse_err)?;
         }
-        let config: RuntimeConfig = toml::Value::Table(table)
+        let mut config: RuntimeConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        config.dir = Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        );
         let limits = &config.limits;
         let positive = |v: f64| v.is_finite() && v > 0.0;
         let component_zero = limits
@@ -198,6 +223,10 @@ impl RuntimeConfig {
             || limits.memory_limit_mb == 0
             || limits.max_instances == 0
             || limits.max_concurrency == 0
+            || limits.key_value_max_key_bytes == 0
+            || limits.key_value_max_value_bytes == 0
+            || limits.key_value_max_open_stores == 0
+            || limits.key_value_max_result_bytes == 0
             || component_zero
         {
             return Err(RuntimeConfigError::Parse {

@@ -18,4 +18,5 @@ registry::capabilities! {
     queue: queue::component::Publisher,
     mail: mail::component::Mail,
     wasi: wasi::Wasi,
+    key_value: key_value::KeyValue,
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `blobs::files`, `blobs::gridfs`, `blobs::mongod` | files on disk; GridFS on the `mongo-wire` test server; a real `mongod` (`SPINDLE_TEST_MONGODB_URL`) |
 //! | `queue::embedded`, `queue::rabbitmq` | the embedded queue; RabbitMQ (`SPINDLE_TEST_AMQP_URL`; the broker-restart test on a `rabbit-node` of its own) |
+//! | `key_value::embedded`, `key_value::redis`, `key_value::config`, `key_value::linking` | the SQLite store; Redis (`SPINDLE_TEST_REDIS_URL`); labels, grants and the runtime config; components made from the WIT link against the host |
 //! | `mail` | SMTP against the `smtp-server` test server (plain, STARTTLS, implicit TLS, AUTH); the outbox |
 //!
 //! `cargo test -p spindle-platform --test conformance queue::rabbitmq`
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod blobs;
+mod key_value;
 mod layers;
 mod mail;
 mod queue;
