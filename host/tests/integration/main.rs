@@ -24,4 +24,5 @@ mod notify;
 mod queues_and_mail;
 mod runtime;
 mod shutdown;
+mod spin_sdks;
 mod watch;
