@@ -25,4 +25,5 @@ mod queues_and_mail;
 mod runtime;
 mod shutdown;
 mod spin_manifest;
+mod spin_sdks;
 mod watch;

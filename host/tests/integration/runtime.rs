@@ -234,24 +234,7 @@ async fn limits_stop_misbehaving_guests_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn outbound_http_is_limited_to_allowed_hosts() {
     // An upstream the testbed is not allowed to reach.
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = upstream.accept().await else {
-                return;
-            };
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                    Bytes::from_static(b"upstream says hi"),
-                )))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
-        }
-    });
+    let upstream_addr = support::upstream("upstream says hi").await;
 
     let (dir, manifest) = write_manifest(&testbed_manifest(""));
     let s = start(&dir, &manifest);

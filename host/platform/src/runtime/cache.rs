@@ -41,6 +41,9 @@ impl CompileCache {
     }
 
     /// Returns the compiled component for `wasm`, from disk when possible.
+    /// The bytes are normalized first (a core module componentized, see
+    /// [`super::componentize`]); the entry is keyed by the bytes as
+    /// deployed, so a hit skips that as well as Cranelift.
     pub fn load(&self, engine: &Engine, wasm: &[u8]) -> Result<(Component, CacheOutcome)> {
         let path = self
             .dir
@@ -59,7 +62,7 @@ impl CompileCache {
                 }
             }
         }
-        let component = Component::new(engine, wasm)?;
+        let component = Component::new(engine, super::componentize::normalize(wasm)?)?;
         if let Err(e) = self.store(&path, &component) {
             tracing::warn!(path = %path.display(), "could not write the compile cache: {e:#}");
         }

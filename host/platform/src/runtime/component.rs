@@ -34,7 +34,23 @@ impl LinkedComponent {
         let (component, outcome) = cache
             .load(engine, wasm)
             .with_context(|| format!("component `{id}`: not a valid WebAssembly component"))?;
-        let pre = linker
+        // Spin interfaces not served yet get stubs in this component's own
+        // copy of the linker.
+        let unserved = super::unserved::imports(engine, &component);
+        let stubbed = if unserved.is_empty() {
+            None
+        } else {
+            for (import, what) in &unserved {
+                tracing::warn!(component = %id, "imports {import}: {what} is not available on this host yet; its calls will fail");
+            }
+            let mut stubbed = linker.clone();
+            super::unserved::define(&mut stubbed, engine, &component)
+                .with_context(|| format!("component `{id}`: stubbing unserved interfaces"))?;
+            Some(stubbed)
+        };
+        let pre = stubbed
+            .as_ref()
+            .unwrap_or(linker)
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| {

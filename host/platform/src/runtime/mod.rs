@@ -8,8 +8,10 @@
 pub mod admission;
 pub mod cache;
 pub mod component;
+pub mod componentize;
 pub mod instance;
 pub mod linker;
+pub mod unserved;
 
 use crate::runtime_config::Limits;
 use admission::{Gate, MemoryBudget};

@@ -52,12 +52,48 @@ pub fn build_components() -> PathBuf {
                 "hello-p2",
                 "-p",
                 "deploy-probe",
+                "-p",
+                "sdk7",
             ])
             .status()
             .expect("running cargo build for the components");
         assert!(status.success(), "building the test components failed");
     });
     wasm_dir()
+}
+
+/// The spin-sdk 3.1, 5.2 and 6.0 test components, built from crates.io
+/// with their own lockfiles (they are not workspace members): `[sdk3, sdk5,
+/// sdk6]`. spin-sdk 3 builds a wasm32-wasip1 core module, as Spin 2 apps are.
+pub fn build_sdk_components() -> [PathBuf; 3] {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let target = wasm_dir()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the wasm dir is TARGET/wasm32-wasip2/release")
+        .to_path_buf();
+    let components = workspace_root().join("host/tests/components");
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for (name, triple) in [
+            ("sdk3", "wasm32-wasip1"),
+            ("sdk5", "wasm32-wasip2"),
+            ("sdk6", "wasm32-wasip2"),
+        ] {
+            let status = Command::new(&cargo)
+                .current_dir(components.join(name))
+                .args(["build", "--locked", "--release", "--target", triple, "--target-dir"])
+                .arg(&target)
+                .status()
+                .expect("running cargo build for an SDK component");
+            assert!(status.success(), "building the {name} test component failed");
+        }
+    });
+    [
+        target.join("wasm32-wasip1/release/sdk3.wasm"),
+        target.join("wasm32-wasip2/release/sdk5.wasm"),
+        target.join("wasm32-wasip2/release/sdk6.wasm"),
+    ]
 }
 
 /// The repo's `spin.toml`, copied next to a runtime config with the
@@ -568,6 +604,30 @@ pub fn convert_binary() -> PathBuf {
 
 /// A loopback port where nothing listens (for a server that comes up
 /// later, see [`gate::Gate::open_at`]).
+/// An HTTP server on a free loopback port answering every request with
+/// 200 and `body`, for outbound HTTP to reach.
+pub async fn upstream(body: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(body.as_bytes()),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

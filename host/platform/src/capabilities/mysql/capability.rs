@@ -60,7 +60,8 @@ impl Capability for Mysql {
             let view = t.view();
             MysqlView::new(view.table, view.state)
         }
-        wit::add_to_linker::<T, Mysql>(linker, view::<T>)
+        wit::add_to_linker::<T, Mysql>(linker, view::<T>)?;
+        super::v2::add_to_linker::<T>(linker, view::<T>)
     }
 
     fn prepare(backend: &Self::Backend, grant: &Self::Grant, id: &str) -> Self::State {
@@ -72,7 +73,7 @@ impl Capability for Mysql {
     }
 
     fn missing_grant(import: &str, grant: &Self::Grant) -> Option<&'static str> {
-        (import.starts_with("spin:mysql/") && !Self::is_granted(grant))
-            .then_some("mysql_databases = [\"default\"]")
+        let mysql = import.starts_with("spin:mysql/") || import.starts_with("fermyon:spin/mysql@");
+        (mysql && !Self::is_granted(grant)).then_some("mysql_databases = [\"default\"]")
     }
 }

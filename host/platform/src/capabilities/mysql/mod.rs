@@ -7,10 +7,12 @@
 //! server, or the embedded engine when there is none) or, as in Spin, by a
 //! `mysql://` URL whose host is in its `allowed_outbound_hosts`.
 //! Parameters are always bound, never spliced into the statement.
+//! Spin 2's `fermyon:spin/mysql@2.0.0` is served too ([`v2`]).
 
 mod capability;
 mod embedded;
 mod server;
+mod v2;
 
 use crate::capabilities::outbound_http::AllowList;
 use crate::urls::redact_url;

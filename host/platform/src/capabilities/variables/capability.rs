@@ -1,7 +1,7 @@
 //! `spin:variables` as a capability: a component's `variables` table is its
 //! grant, the resolved application variables are the backend.
 
-use super::{AppVariables, ComponentVariables, Variables, template, wit};
+use super::{AppVariables, ComponentVariables, Variables, template, wasi_config, wit, wit2};
 use crate::capabilities::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState};
 use crate::manifest::check_variable_name;
 use std::collections::BTreeMap;
@@ -70,7 +70,9 @@ impl Capability for Variables {
         fn state<T: HasState<Variables>>(t: &mut T) -> &ComponentVariables {
             t.view().state
         }
-        wit::add_to_linker::<T, Variables>(linker, state::<T>)
+        wit::add_to_linker::<T, Variables>(linker, state::<T>)?;
+        wit2::add_to_linker::<T, Variables>(linker, state::<T>)?;
+        wasi_config::add_to_linker::<T, Variables>(linker, state::<T>)
     }
 
     fn prepare(backend: &Self::Backend, grant: &Self::Grant, _id: &str) -> Self::State {

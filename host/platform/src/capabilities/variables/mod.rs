@@ -1,5 +1,8 @@
 //! `spin:variables`: application variables resolved once at start-up, and
-//! the per-component view a component reads through `get`.
+//! the per-component view a component reads through `get`: in Spin 3's
+//! `spin:variables@3.0.0`, Spin 2's `fermyon:spin/variables@2.0.0` and the
+//! WASI runtime-config draft `wasi:config/store`, all three over the same
+//! values.
 //!
 //! Providers, highest precedence first: `--variable k=v`, `SPIN_VARIABLE_<NAME>`
 //! environment variables, the runtime config's `[variables]` table, the
@@ -13,13 +16,22 @@ use wasmtime::component::{Accessor, HasData};
 mod bindings {
     wasmtime::component::bindgen!({
         path: "src/capabilities/variables/wit",
-        inline: "package spindle:variables-host; world host { import spin:variables/variables@3.0.0; }",
+        inline: "
+            package spindle:variables-host;
+            world host {
+                import spin:variables/variables@3.0.0;
+                import fermyon:spin/variables@2.0.0;
+                import wasi:config/store@0.2.0-draft-2024-09-27;
+            }
+        ",
         world: "spindle:variables-host/host",
         imports: { default: trappable },
     });
 }
 
+use bindings::fermyon::spin::variables as wit2;
 use bindings::spin::variables::variables::{self as wit, Error};
+use bindings::wasi::config::store as wasi_config;
 
 mod capability;
 mod template;
@@ -160,6 +172,17 @@ pub struct ComponentVariables {
 }
 
 impl ComponentVariables {
+    /// Every variable, for `wasi:config/store.get-all`.
+    fn all(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
     fn get(&self, name: &str) -> Result<String, Error> {
         let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
             && name
@@ -186,6 +209,29 @@ impl HasData for Variables {
 }
 
 impl wit::Host for &ComponentVariables {}
+
+impl wit2::Host for &ComponentVariables {
+    fn get(&mut self, name: String) -> wasmtime::Result<Result<String, wit2::Error>> {
+        Ok(ComponentVariables::get(self, &name).map_err(|e| match e {
+            Error::InvalidName(m) => wit2::Error::InvalidName(m),
+            Error::Undefined(m) => wit2::Error::Undefined(m),
+            Error::Provider(m) => wit2::Error::Provider(m),
+            Error::Other(m) => wit2::Error::Other(m),
+        }))
+    }
+}
+
+/// As Spin does: a name that is not a variable (undefined or not even a
+/// valid name) is `none`, not an error.
+impl wasi_config::Host for &ComponentVariables {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, wasi_config::Error>> {
+        Ok(Ok(ComponentVariables::get(self, &key).ok()))
+    }
+
+    fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, wasi_config::Error>> {
+        Ok(Ok(self.all()))
+    }
+}
 
 impl<T> wit::HostWithStore<T> for Variables {
     async fn get(
