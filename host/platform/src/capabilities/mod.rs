@@ -17,4 +17,5 @@ registry::capabilities! {
     blobs: blobs::Blobs,
     queue: queue::component::Publisher,
     mail: mail::component::Mail,
+    sqlite: sqlite::Sqlite,
 }
