@@ -8,6 +8,7 @@
 //! | `blobs::files`, `blobs::gridfs`, `blobs::mongod` | files on disk; GridFS on the `mongo-wire` test server; a real `mongod` (`SPINDLE_TEST_MONGODB_URL`) |
 //! | `queue::embedded`, `queue::rabbitmq` | the embedded queue; RabbitMQ (`SPINDLE_TEST_AMQP_URL`; the broker-restart test on a `rabbit-node` of its own) |
 //! | `mail` | SMTP against the `smtp-server` test server (plain, STARTTLS, implicit TLS, AUTH); the outbox |
+//! | `sqlite::file`, `sqlite::memory` (and `config`, `seed`, `limits`) | `spin:sqlite` on a database file; in memory |
 //!
 //! `cargo test -p spindle-platform --test conformance queue::rabbitmq`
 //! runs one backend's tests. Tests of private internals (a settling rule,
@@ -21,3 +22,4 @@ mod blobs;
 mod layers;
 mod mail;
 mod queue;
+mod sqlite;
