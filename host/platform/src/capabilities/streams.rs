@@ -118,18 +118,16 @@ impl<D, E: Send + 'static> StreamProducer<D> for ChannelProducer<E> {
     }
 }
 
-/// Items handed to the guest per read at most.
-const ITEMS_PER_READ: usize = 64;
-
-/// Produces a guest-readable `stream<T>` from a channel of items, handing
-/// over what has arrived (up to the read's capacity) at each read; the
-/// stream ends when the channel closes.
+/// Produces a guest-readable `stream<T>` from a channel of batches of
+/// items (batches save a wake-up per item); a batch larger than the
+/// guest's read is kept by wasmtime for its next reads. The stream ends
+/// when the channel closes.
 pub struct ItemProducer<T> {
-    rx: mpsc::Receiver<T>,
+    rx: mpsc::Receiver<Vec<T>>,
 }
 
 impl<T> ItemProducer<T> {
-    pub fn new(rx: mpsc::Receiver<T>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Vec<T>>) -> Self {
         ItemProducer { rx }
     }
 }
@@ -145,22 +143,13 @@ impl<D, T: Send + Sync + 'static> StreamProducer<D> for ItemProducer<T> {
         mut destination: Destination<'a, Self::Item, Self::Buffer>,
         finish: bool,
     ) -> Poll<wasmtime::Result<StreamResult>> {
-        let capacity = destination.remaining(&mut store);
-        if capacity == Some(0) {
+        if destination.remaining(&mut store) == Some(0) {
             // A zero-length read asks for readiness; answering at once is allowed.
             return Poll::Ready(Ok(StreamResult::Completed));
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(first)) => {
-                let max = capacity.unwrap_or(1).min(ITEMS_PER_READ);
-                let mut items = vec![first];
-                while items.len() < max {
-                    match self.rx.try_recv() {
-                        Ok(item) => items.push(item),
-                        Err(_) => break,
-                    }
-                }
-                destination.set_buffer(items.into());
+            Poll::Ready(Some(batch)) => {
+                destination.set_buffer(batch.into());
                 Poll::Ready(Ok(StreamResult::Completed))
             }
             Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),

@@ -10,11 +10,17 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Rows a streamed result keeps ready ahead of the guest's reads.
-const ROWS_AHEAD: usize = 16;
+/// Batches of rows a streamed result keeps ready ahead of the guest's reads.
+const BATCHES_AHEAD: usize = 2;
+/// A batch is handed over at this many rows or bytes, or once its first
+/// row has waited this long (checked as rows arrive: a row found after a
+/// long search waits for the next one or the end).
+const BATCH_ROWS: usize = 64;
+const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 
 /// The bounds every connection works under (`[limits]`).
 #[derive(Debug, Clone)]
@@ -170,11 +176,11 @@ fn authorize_with_attach(context: AuthContext<'_>) -> Authorization {
     }
 }
 
-/// A streamed result: its columns, its rows as they are read, and how the
-/// statement ended.
+/// A streamed result: its columns, its rows in batches as they are read,
+/// and how the statement ended.
 pub struct RowStream {
     pub columns: Vec<String>,
-    pub rows: mpsc::Receiver<RowResult>,
+    pub rows: mpsc::Receiver<Vec<RowResult>>,
     pub done: oneshot::Receiver<Result<(), Error>>,
 }
 
@@ -213,7 +219,7 @@ impl Connection {
     ) -> Result<RowStream, Error> {
         let limits = self.db.limits.clone();
         let (started_tx, started_rx) = oneshot::channel();
-        let (rows_tx, rows) = mpsc::channel(ROWS_AHEAD);
+        let (rows_tx, rows) = mpsc::channel(BATCHES_AHEAD);
         let (done_tx, done) = oneshot::channel();
         let closed = rows_tx.clone();
         let conn = self.conn.clone();
@@ -312,7 +318,7 @@ fn query_stream(
     parameters: Vec<Value>,
     limits: &SqliteLimits,
     started: oneshot::Sender<Result<Vec<String>, Error>>,
-    rows_tx: mpsc::Sender<RowResult>,
+    rows_tx: mpsc::Sender<Vec<RowResult>>,
 ) -> Result<(), Error> {
     let fail = |e| sql_error(e, limits);
     let mut started = Some(started);
@@ -338,6 +344,7 @@ fn query_stream(
         }
     };
     let mut columns = Some(columns);
+    let mut batch = Batch::default();
     loop {
         let next = rows
             .next()
@@ -357,15 +364,48 @@ fn query_stream(
                 Ok(_) => first(Ok(columns)),
             }
         }
-        match next? {
-            None => return Ok(()),
-            Some(row) => {
-                if rows_tx.blocking_send(row).is_err() {
-                    // Nobody reads any more.
-                    return Ok(());
-                }
+        // What was read before an error or the end still goes out.
+        let row = match next {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                batch.send(&rows_tx);
+                return Ok(());
             }
+            Err(e) => {
+                batch.send(&rows_tx);
+                return Err(e);
+            }
+        };
+        if batch.push(row) && !batch.send(&rows_tx) {
+            // Nobody reads any more.
+            return Ok(());
         }
+    }
+}
+
+/// Rows on their way to the reader.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<RowResult>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    /// Adds a row; whether the batch should go now.
+    fn push(&mut self, row: RowResult) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.bytes += row_size(&row);
+        self.rows.push(row);
+        self.rows.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES || since.elapsed() >= BATCH_WAIT
+    }
+
+    /// Hands the rows over, waiting for room; false when nobody reads.
+    fn send(&mut self, tx: &mpsc::Sender<Vec<RowResult>>) -> bool {
+        self.bytes = 0;
+        self.since = None;
+        let rows = std::mem::take(&mut self.rows);
+        rows.is_empty() || tx.blocking_send(rows).is_ok()
     }
 }
 

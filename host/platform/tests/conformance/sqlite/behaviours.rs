@@ -1,6 +1,6 @@
 //! What a component's SQL does, written once for every kind of database.
 
-use super::{App, io_message, run, scalar};
+use super::{App, drain, io_message, run, scalar};
 use spindle_platform::capabilities::sqlite::{RowResult, Value};
 use std::time::Duration;
 
@@ -228,15 +228,21 @@ pub async fn streamed_rows_arrive_in_order(app: &App) {
         .unwrap();
     assert_eq!(stream.columns, ["i", "label"]);
     let mut seen = 0;
-    while let Some(r) = stream.rows.recv().await {
-        let i = 11 + seen;
-        assert_eq!(
-            r,
-            row(vec![Value::Integer(i), Value::Text(format!("row {i}"))])
-        );
-        seen += 1;
+    let mut batches = 0;
+    while let Some(batch) = stream.rows.recv().await {
+        batches += 1;
+        for r in batch {
+            let i = 11 + seen;
+            assert_eq!(
+                r,
+                row(vec![Value::Integer(i), Value::Text(format!("row {i}"))])
+            );
+            seen += 1;
+        }
     }
     assert_eq!(seen, 990);
+    // Handed over in batches, not a row at a time.
+    assert!(batches < 990 / 8, "{batches} batches");
     stream.done.await.unwrap().unwrap();
     // A statement without rows streams none, and has run when it returns.
     let mut insert = conn
@@ -272,10 +278,11 @@ pub async fn streamed_errors_arrive_where_they_happen(app: &App) {
         )
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while let Some(r) = stream.rows.recv().await {
-        got.push(r.values[0].clone());
-    }
+    let got: Vec<Value> = drain(&mut stream.rows)
+        .await
+        .into_iter()
+        .map(|r| r.values[0].clone())
+        .collect();
     assert_eq!(
         got,
         [Value::Integer(1), Value::Integer(2), Value::Integer(3)]
@@ -293,7 +300,7 @@ pub async fn dropping_a_stream_frees_the_connection(app: &App) {
         .await
         .unwrap();
     assert_eq!(
-        stream.rows.recv().await.unwrap().values,
+        stream.rows.recv().await.unwrap()[0].values,
         [Value::Integer(1)]
     );
     drop(stream.rows);

@@ -33,11 +33,7 @@ async fn results_over_the_limit_fail_with_a_clear_error() {
         .execute_stream("SELECT b FROM big".into(), Vec::new())
         .await
         .unwrap();
-    let mut n = 0;
-    while stream.rows.recv().await.is_some() {
-        n += 1;
-    }
-    assert_eq!(n, 3);
+    assert_eq!(super::drain(&mut stream.rows).await.len(), 3);
     stream.done.await.unwrap().unwrap();
     // ...but a row over it does not.
     let m = io_message(

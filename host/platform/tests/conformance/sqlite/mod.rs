@@ -14,7 +14,7 @@ use spindle_platform::capabilities::Capability;
 use spindle_platform::capabilities::capability::BackendEnv;
 use spindle_platform::capabilities::registry;
 use spindle_platform::capabilities::sqlite::{
-    Connection, Databases, Error, QueryResult, Sqlite, SqliteState, Value,
+    Connection, Databases, Error, QueryResult, RowResult, Sqlite, SqliteState, Value,
 };
 use spindle_platform::manifest::Manifest;
 use spindle_platform::runtime_config::RuntimeConfig;
@@ -157,6 +157,15 @@ pub fn io_message(result: Result<impl std::fmt::Debug, Error>) -> String {
         Err(Error::Io(m)) => m,
         other => panic!("expected an io error, got {other:?}"),
     }
+}
+
+/// Every row a stream hands over, until it ends.
+pub async fn drain(rows: &mut tokio::sync::mpsc::Receiver<Vec<RowResult>>) -> Vec<RowResult> {
+    let mut all = Vec::new();
+    while let Some(batch) = rows.recv().await {
+        all.extend(batch);
+    }
+    all
 }
 
 /// The single integer a query returns.
