@@ -6,6 +6,7 @@ use super::host::{Sqlite, SqliteView};
 use super::{Databases, SqliteLimits, SqliteState, bindings, seed};
 use crate::capabilities::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState};
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -45,8 +46,9 @@ impl Capability for Sqlite {
         };
         let section = env.runtime_config.sections.get("sqlite_database").cloned();
         let state_dir = env.state_dir.to_path_buf();
-        // As in Spin, relative paths are relative to the working directory.
-        let base_dir = std::env::current_dir().context("reading the working directory")?;
+        // As in Spin, relative paths are relative to the working directory
+        // (left relative if it cannot be read: opening then says why).
+        let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let databases = tokio::task::spawn_blocking(move || {
             Databases::from_config(section.as_ref(), &state_dir, &base_dir, limits)
         })

@@ -81,8 +81,17 @@ async fn a_locked_database_fails_after_the_busy_timeout() {
     assert!(m.contains("sqlite_busy_timeout_secs"), "{m}");
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
-    // Readers still read (WAL) while the writer holds its lock.
+    // Readers still read (WAL) while the writer holds its lock, new
+    // connections included.
     assert_eq!(scalar(&b, "SELECT count(*) FROM t").await, 0);
+    let t0 = Instant::now();
+    let c = app.open().await;
+    assert_eq!(scalar(&c, "SELECT count(*) FROM t").await, 0);
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
     run(&a, "COMMIT").await;
     run(&b, "INSERT INTO t VALUES (2)").await;
     assert_eq!(scalar(&b, "SELECT count(*) FROM t").await, 2);
