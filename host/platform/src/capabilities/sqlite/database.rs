@@ -192,10 +192,6 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn database(&self) -> &Database {
-        &self.db
-    }
-
     /// Runs one statement with `parameters` bound, its rows read in full
     /// (up to the result limit).
     pub async fn execute(
