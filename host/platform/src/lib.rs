@@ -12,7 +12,8 @@
 //! - [`admin`] and [`metrics`]: operating it.
 //! - [`listener`]: the accept loop and connection limits both listeners share.
 //! - [`backoff`], [`clock`], [`signals`], [`urls`]: small helpers the host,
-//!   the worker and the backends share.
+//!   the worker and the backends share; `sqlite_blocking` runs the embedded
+//!   backends' SQLite calls off the async runtime.
 
 pub mod admin;
 pub mod api;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod runtime_config;
 pub mod signals;
+pub(crate) mod sqlite_blocking;
 pub mod trigger;
 pub mod urls;
 pub mod version;

@@ -96,6 +96,14 @@ pub struct Limits {
     /// Most a key-value call may answer with: a value, a key list, a
     /// `get-many`.
     pub key_value_max_result_bytes: usize,
+    /// Bytes of rows one `spin:sqlite` statement may return, in MiB (for
+    /// a streamed result, one row); also the largest value it may make.
+    pub sqlite_max_result_mb: u64,
+    /// How long a `spin:sqlite` statement waits for another connection's
+    /// lock before failing with "database is locked".
+    pub sqlite_busy_timeout_secs: f64,
+    /// `spin:sqlite` connections one instance may hold open at once.
+    pub sqlite_connections_per_instance: u32,
     /// Per-component overrides: `[limits.components.auth] max_concurrency = 16`.
     pub components: BTreeMap<String, ComponentLimits>,
 }
@@ -129,6 +137,9 @@ impl Default for Limits {
             key_value_max_value_bytes: 1 << 20,
             key_value_max_open_stores: 256,
             key_value_max_result_bytes: 16 << 20,
+            sqlite_max_result_mb: 16,
+            sqlite_busy_timeout_secs: 5.0,
+            sqlite_connections_per_instance: 16,
             components: BTreeMap::new(),
         }
     }
@@ -166,6 +177,10 @@ impl Limits {
 
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.queue_timeout_secs)
+    }
+
+    pub fn sqlite_max_result_bytes(&self) -> usize {
+        mib_to_bytes(self.sqlite_max_result_mb)
     }
 }
 
@@ -227,11 +242,20 @@ impl RuntimeConfig {
             || limits.key_value_max_value_bytes == 0
             || limits.key_value_max_open_stores == 0
             || limits.key_value_max_result_bytes == 0
+            || limits.sqlite_max_result_mb == 0
+            || limits.sqlite_connections_per_instance == 0
             || component_zero
         {
             return Err(RuntimeConfigError::Parse {
                 path: shown,
                 message: "[limits] values must be greater than zero".into(),
+            });
+        }
+        let busy = limits.sqlite_busy_timeout_secs;
+        if !(busy.is_finite() && (0.0..=86_400.0).contains(&busy)) {
+            return Err(RuntimeConfigError::Parse {
+                path: shown,
+                message: "[limits] sqlite_busy_timeout_secs must be between 0 and 86400".into(),
             });
         }
         Ok(config)

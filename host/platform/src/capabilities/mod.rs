@@ -19,4 +19,5 @@ registry::capabilities! {
     mail: mail::component::Mail,
     wasi: wasi::Wasi,
     key_value: key_value::KeyValue,
+    sqlite: sqlite::Sqlite,
 }

@@ -1,7 +1,7 @@
-//! Bridges between component-model byte streams and tokio channels, so a
-//! capability's backend can be written against plain `mpsc` channels of
-//! `Bytes` while the guest sees a `stream<u8>`. Both directions keep at most
-//! one chunk in flight per side: memory does not grow with the data size.
+//! Bridges between component-model streams and tokio channels, so a
+//! capability's backend can be written against plain `mpsc` channels (of
+//! `Bytes` for a `stream<u8>`, of items for any other stream). Memory stays
+//! bounded by the channels' capacity, whatever the data's size.
 
 use bytes::Bytes;
 use std::pin::Pin;
@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
+use wasmtime::component::{
+    Destination, Source, StreamConsumer, StreamProducer, StreamResult, VecBuffer,
+};
 
 /// The largest piece copied out of guest memory at once.
 const CHUNK: usize = 256 * 1024;
@@ -108,6 +110,47 @@ impl<D, E: Send + 'static> StreamProducer<D> for ChannelProducer<E> {
                     let _ = tx.send(e);
                 }
                 Poll::Ready(Ok(StreamResult::Dropped))
+            }
+            Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
+            Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Produces a guest-readable `stream<T>` from a channel of batches of
+/// items (batches save a wake-up per item); a batch larger than the
+/// guest's read is kept by wasmtime for its next reads. The stream ends
+/// when the channel closes.
+pub struct ItemProducer<T> {
+    rx: mpsc::Receiver<Vec<T>>,
+}
+
+impl<T> ItemProducer<T> {
+    pub fn new(rx: mpsc::Receiver<Vec<T>>) -> Self {
+        ItemProducer { rx }
+    }
+}
+
+impl<D, T: Send + Sync + 'static> StreamProducer<D> for ItemProducer<T> {
+    type Item = T;
+    type Buffer = VecBuffer<T>;
+
+    fn poll_produce<'a>(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut store: StoreContextMut<'a, D>,
+        mut destination: Destination<'a, Self::Item, Self::Buffer>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        if destination.remaining(&mut store) == Some(0) {
+            // A zero-length read asks for readiness; answering at once is allowed.
+            return Poll::Ready(Ok(StreamResult::Completed));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(batch)) => {
+                destination.set_buffer(batch.into());
+                Poll::Ready(Ok(StreamResult::Completed))
             }
             Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
             Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),

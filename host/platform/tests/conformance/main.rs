@@ -9,6 +9,7 @@
 //! | `queue::embedded`, `queue::rabbitmq` | the embedded queue; RabbitMQ (`SPINDLE_TEST_AMQP_URL`; the broker-restart test on a `rabbit-node` of its own) |
 //! | `key_value::embedded`, `key_value::redis`, `key_value::config`, `key_value::linking` | the SQLite store; Redis (`SPINDLE_TEST_REDIS_URL`); labels, grants and the runtime config; components made from the WIT link against the host |
 //! | `mail` | SMTP against the `smtp-server` test server (plain, STARTTLS, implicit TLS, AUTH); the outbox |
+//! | `sqlite::file`, `sqlite::memory` (and `config`, `seed`, `limits`) | `spin:sqlite` on a database file; in memory |
 //!
 //! `cargo test -p spindle-platform --test conformance queue::rabbitmq`
 //! runs one backend's tests. Tests of private internals (a settling rule,
@@ -23,3 +24,4 @@ mod key_value;
 mod layers;
 mod mail;
 mod queue;
+mod sqlite;

@@ -1,5 +1,6 @@
 //! The embedded SQL engine: SQLite files under the state directory, so
-//! `spin:mysql` works with no server. Statements run on the blocking pool.
+//! `spin:mysql` works with no server. Statements run on the blocking pool
+//! ([`BlockingConnection`]), interrupted when the component stops waiting.
 //!
 //! It accepts the portable subset of MySQL that SQLite understands; the one
 //! translation made is MySQL's `AUTO_INCREMENT` keyword to SQLite's
@@ -13,11 +14,12 @@
 use super::{Column, DbDataType, DbValue, Error, ParameterValue, Row};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
+use crate::sqlite_blocking::BlockingConnection;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub struct EmbeddedDb {
-    conn: Mutex<rusqlite::Connection>,
+    conn: BlockingConnection,
 }
 
 impl EmbeddedDb {
@@ -38,7 +40,7 @@ impl EmbeddedDb {
             .map_err(|e| fail(&e))?;
         conn.authorizer(Some(authorize));
         Ok(EmbeddedDb {
-            conn: Mutex::new(conn),
+            conn: BlockingConnection::new(conn),
         })
     }
 
@@ -96,12 +98,10 @@ impl EmbeddedDb {
         self: Arc<Self>,
         f: impl FnOnce(&rusqlite::Connection) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
-        tokio::task::spawn_blocking(move || {
-            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| Error::Other(format!("embedded database task failed: {e}")))?
+        self.conn
+            .run(move |conn| f(conn))
+            .await
+            .map_err(|e| Error::Other(format!("embedded database task failed: {e}")))?
     }
 }
 
