@@ -67,7 +67,7 @@ fn componentize(wasm: &[u8]) -> Result<Vec<u8>> {
 fn exports_start(wasm: &[u8]) -> bool {
     wasmparser::Parser::new(0).parse_all(wasm).any(|payload| {
         matches!(payload, Ok(wasmparser::Payload::ExportSection(exports))
-            if exports.into_iter().any(|e| e.is_ok_and(|e| e.name == "_start")))
+            if exports.clone().into_iter().any(|e| e.is_ok_and(|e| e.name == "_start")))
     })
 }
 
@@ -140,7 +140,7 @@ impl ReencodeComponent for ReleaseNames {
                     .iter()
                     .map(|arg| {
                         let index = self.component_external_index(arg.kind, arg.index);
-                        (released(arg.name), arg.kind.into(), index)
+                        (released(arg.name).into_owned(), arg.kind.into(), index)
                     })
                     .collect();
                 instances.instantiate(self.component_index(component_index), args);
@@ -150,7 +150,7 @@ impl ReencodeComponent for ReleaseNames {
                     .iter()
                     .map(|export| {
                         let index = self.component_external_index(export.kind, export.index);
-                        (released(export.name.name), export.kind.into(), index)
+                        (released(export.name.name).into_owned(), export.kind.into(), index)
                     })
                     .collect();
                 instances.export_items(items);

@@ -49,7 +49,7 @@ pub fn define<T: 'static>(
         let Some((_, what)) = UNSERVED.iter().find(|(p, _)| name.starts_with(p)) else {
             continue;
         };
-        let ComponentItem::ComponentInstance(instance) = item else {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
             continue;
         };
         let message = format!(
@@ -58,7 +58,7 @@ pub fn define<T: 'static>(
         let mut root = linker.root();
         let mut stub = root.instance(name)?;
         for (export, item) in instance.exports(engine) {
-            match item {
+            match item.ty {
                 ComponentItem::Resource(_) => {
                     stub.resource(export, ResourceType::host::<Unserved>(), |_, _| Ok(()))?
                 }
@@ -83,7 +83,7 @@ pub fn define<T: 'static>(
 /// Answers with the function's own error type when it has one (a
 /// `result<_, variant>` with a string case), and traps with `message`
 /// otherwise.
-fn fail(ty: &ComponentFunc, results: &mut [Val], message: &str) -> Result<()> {
+fn fail(ty: &ComponentFunc, results: &mut [Val], message: &str) -> wasmtime::Result<()> {
     let error = ty.results().next().and_then(|result| match result {
         Type::Result(r) => match r.err() {
             Some(Type::Variant(v)) => {
@@ -109,6 +109,6 @@ fn fail(ty: &ComponentFunc, results: &mut [Val], message: &str) -> Result<()> {
             *slot = Val::Result(Err(Some(Box::new(error))));
             Ok(())
         }
-        _ => anyhow::bail!("{message}"),
+        _ => Err(wasmtime::Error::msg(message.to_string())),
     }
 }
