@@ -150,7 +150,11 @@ impl ReencodeComponent for ReleaseNames {
                     .iter()
                     .map(|export| {
                         let index = self.component_external_index(export.kind, export.index);
-                        (released(export.name.name).into_owned(), export.kind.into(), index)
+                        (
+                            released(export.name.name).into_owned(),
+                            export.kind.into(),
+                            index,
+                        )
                     })
                     .collect();
                 instances.export_items(items);

@@ -71,7 +71,9 @@ pub fn define<T: 'static>(
                 }
                 ComponentItem::ComponentFunc(_) => {
                     let message = message.clone();
-                    stub.func_new(export, move |_, ty, _, results| fail(&ty, results, &message))?
+                    stub.func_new(export, move |_, ty, _, results| {
+                        fail(&ty, results, &message)
+                    })?
                 }
                 _ => {}
             }

@@ -83,6 +83,19 @@ async fn serve(req: Request) -> anyhow::Result<Response> {
             Ok(_) => ok(b"opened".to_vec()),
             Err(e) => Ok(Response::new(500, format!("{e:?}"))),
         },
+        Route::Config(name) => match spin_sdk::wit::wasi::config::store::get(&name) {
+            Ok(Some(value)) => ok(value.into_bytes()),
+            Ok(None) => Ok(Response::new(404, "no such variable")),
+            Err(e) => Ok(Response::new(500, format!("{e:?}"))),
+        },
+        Route::WasiKv(key) => {
+            use spin_sdk::wit::wasi::keyvalue::store;
+            let bucket = store::open("default").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            match bucket.get(&key).map_err(|e| anyhow::anyhow!("{e:?}"))? {
+                Some(value) => ok(value),
+                None => Ok(Response::new(404, "no such key")),
+            }
+        }
         Route::NotFound => Ok(Response::new(404, "no such route")),
     }
 }

@@ -7,6 +7,9 @@
 //! - `POST /sqlite/DB` and `POST /mysql` with a statement as the body;
 //!   `/mysql` opens the variable `mysql_url`. Rows come back one a line,
 //!   values joined by `|`, after a first line of column names.
+//! - `GET /config/NAME`: a variable through `wasi:config/store` (spin-sdk
+//!   3 and 5); `GET /wasi-kv/KEY`: a key of `default` through
+//!   `wasi:keyvalue` (spin-sdk 3 and 5)
 //! - `GET /outbound?URL`
 //! - `GET /redis`: opens outbound Redis, which this host does not serve yet;
 //!   answers 500 with the error the host gave.
@@ -26,6 +29,8 @@ pub enum Route {
     Mysql,
     Outbound(String),
     Redis,
+    Config(String),
+    WasiKv(String),
     NotFound,
 }
 
@@ -51,6 +56,8 @@ pub fn route(method: &str, path: &str, query: &str) -> Route {
         ("POST", ["mysql"]) => Route::Mysql,
         ("GET", ["outbound"]) => Route::Outbound(query.to_string()),
         ("GET", ["redis"]) => Route::Redis,
+        ("GET", ["config", name]) => Route::Config(name.to_string()),
+        ("GET", ["wasi-kv", key]) => Route::WasiKv(key.to_string()),
         _ => Route::NotFound,
     }
 }

@@ -82,11 +82,21 @@ pub fn build_sdk_components() -> [PathBuf; 3] {
         ] {
             let status = Command::new(&cargo)
                 .current_dir(components.join(name))
-                .args(["build", "--locked", "--release", "--target", triple, "--target-dir"])
+                .args([
+                    "build",
+                    "--locked",
+                    "--release",
+                    "--target",
+                    triple,
+                    "--target-dir",
+                ])
                 .arg(&target)
                 .status()
                 .expect("running cargo build for an SDK component");
-            assert!(status.success(), "building the {name} test component failed");
+            assert!(
+                status.success(),
+                "building the {name} test component failed"
+            );
         }
     });
     [
