@@ -743,8 +743,8 @@ async fn boxed(
     };
     sandbox.confine(&mut command, Some(input), limits).unwrap();
     let out = command.output().await.unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + String::from_utf8_lossy(&out.stderr).as_ref();
     (out.status.success(), text)
 }
 

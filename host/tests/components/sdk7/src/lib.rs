@@ -129,9 +129,9 @@ async fn serve(req: Request) -> Result<Response<BoxBody>, String> {
             Ok(_) => ok(b"opened".to_vec()),
             Err(x) => Err(e(&x)),
         },
-        Route::Config(_) | Route::WasiKv(_) => Ok(respond(
+        Route::Config(name) | Route::WasiKv(name) => Ok(respond(
             StatusCode::NOT_FOUND,
-            "not in spin-sdk 7's stable API",
+            format!("`{name}`: wasi:config and wasi:keyvalue are not in spin-sdk 7's stable API"),
         )),
         Route::NotFound => Ok(respond(StatusCode::NOT_FOUND, "no such route")),
     }
