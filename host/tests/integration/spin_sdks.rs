@@ -403,3 +403,49 @@ async fn key_value_on_redis_from_every_generation() {
         assert_eq!(app.send(reqwest::Method::DELETE, &path, "").await.0, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_value_and_sqlite_are_seeded_from_the_command_line() {
+    let sdk7 = support::build_components().join("sdk7.wasm");
+    let (dir, manifest) = support::write_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"seeded\"\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"sdk7\"\n\
+         [component.sdk7]\nsource = \"{}\"\n\
+         key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]\n",
+        sdk7.display()
+    ));
+    let file = dir.path().join("pets.sql");
+    std::fs::write(&file, "INSERT INTO pets VALUES ('from a file');\n").unwrap();
+    let host = up(UpOptions::new(&manifest)
+        .arg("--key-value")
+        .arg("greeting=from the command line")
+        .arg("--sqlite")
+        .arg("CREATE TABLE pets (name TEXT)")
+        .arg("--sqlite")
+        .arg(format!("@{}", file.display())));
+    let app = App {
+        host,
+        client: support::client(),
+    };
+    assert_eq!(
+        app.get("/kv/default/greeting").await,
+        (200, "from the command line".to_string())
+    );
+    assert_eq!(
+        app.send(
+            reqwest::Method::POST,
+            "/sqlite/default",
+            "SELECT name FROM pets"
+        )
+        .await,
+        (200, "name\nfrom a file\n".to_string())
+    );
+
+    // A statement that fails stops start-up, naming it.
+    let stderr = support::up_fails(
+        UpOptions::new(&manifest)
+            .arg("--sqlite")
+            .arg("INSERT INTO nowhere VALUES (1)"),
+    );
+    assert!(stderr.contains("INSERT INTO nowhere"), "{stderr}");
+}
