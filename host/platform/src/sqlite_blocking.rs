@@ -4,7 +4,11 @@
 //! component timed out) is interrupted instead of running on unseen.
 
 use rusqlite::{Connection, InterruptHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// SQLite VM steps between two looks at the cancel flag.
+const CANCEL_CHECK_STEPS: i32 = 1000;
 
 /// A connection shared by the async code that uses it.
 #[derive(Clone)]
@@ -48,8 +52,10 @@ impl BlockingConnection {
         f: impl FnOnce(&mut Connection) -> R + Send + 'static,
     ) -> Result<R, BlockingError> {
         let phase = Arc::new(Mutex::new(Phase::Queued));
+        let cancelled = Arc::new(AtomicBool::new(false));
         let guard = CancelOnDrop {
             phase: phase.clone(),
+            cancelled: cancelled.clone(),
             interrupt: self.interrupt.clone(),
         };
         let conn = self.conn.clone();
@@ -62,7 +68,14 @@ impl BlockingConnection {
                 }
                 *phase = Phase::Running;
             }
+            // `interrupt` is lost when it lands before a statement starts
+            // (SQLite ignores it with none running); the flag is not.
+            conn.progress_handler(
+                CANCEL_CHECK_STEPS,
+                Some(move || cancelled.load(Ordering::Relaxed)),
+            );
             let out = f(&mut conn);
+            conn.progress_handler(0, None::<fn() -> bool>);
             // Marked done while the connection is still held: no other
             // call's statement can be running when an interrupt lands.
             *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Done;
@@ -76,6 +89,7 @@ impl BlockingConnection {
 
 struct CancelOnDrop {
     phase: Arc<Mutex<Phase>>,
+    cancelled: Arc<AtomicBool>,
     interrupt: Arc<InterruptHandle>,
 }
 
@@ -84,7 +98,10 @@ impl Drop for CancelOnDrop {
         let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
         match *phase {
             Phase::Queued => *phase = Phase::Cancelled,
-            Phase::Running => self.interrupt.interrupt(),
+            Phase::Running => {
+                self.cancelled.store(true, Ordering::Relaxed);
+                self.interrupt.interrupt();
+            }
             Phase::Done | Phase::Cancelled => {}
         }
     }
