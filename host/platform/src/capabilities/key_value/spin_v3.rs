@@ -4,14 +4,8 @@
 
 use super::bindings::spin::key_value::key_value as v3;
 use super::{KeyValue, KvError, KvView, Store};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::sync::mpsc;
-use wasmtime::StoreContextMut;
-use wasmtime::component::{
-    Accessor, Destination, FutureReader, Resource, StreamProducer, StreamReader, StreamResult,
-    VecBuffer,
-};
+use crate::capabilities::streams::ItemProducer;
+use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 /// The `store` resource.
 pub struct V3Store(Store);
@@ -104,7 +98,7 @@ impl<T> v3::HostStoreWithStore<T> for KeyValue {
         let store = store_of(accessor, &this)?;
         let (pages, done) = store.key_pages();
         accessor.with(|mut access| {
-            let keys = StreamReader::new(&mut access, KeyPages(pages))?;
+            let keys = StreamReader::new(&mut access, ItemProducer::new(pages))?;
             let outcome = FutureReader::new(&mut access, async move {
                 Ok::<_, wasmtime::Error>(match done.await {
                     Ok(outcome) => outcome.map_err(to_v3),
@@ -114,31 +108,5 @@ impl<T> v3::HostStoreWithStore<T> for KeyValue {
             })?;
             Ok((keys, outcome))
         })
-    }
-}
-
-/// Hands the guest the listing's pages as they arrive.
-struct KeyPages(mpsc::Receiver<Vec<String>>);
-
-impl<D> StreamProducer<D> for KeyPages {
-    type Item = String;
-    type Buffer = VecBuffer<String>;
-
-    fn poll_produce<'a>(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        _store: StoreContextMut<'a, D>,
-        mut destination: Destination<'a, Self::Item, Self::Buffer>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        match self.0.poll_recv(cx) {
-            Poll::Ready(Some(page)) => {
-                destination.set_buffer(page.into());
-                Poll::Ready(Ok(StreamResult::Completed))
-            }
-            Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
-            Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
