@@ -287,8 +287,8 @@ fn outbox(spindle: &Spindle) -> Vec<String> {
     mails
 }
 
-fn wait_for_outbox(spindle: &Spindle, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+fn wait_for_outbox(spindle: &Spindle, n: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
     loop {
         let mails = outbox(spindle);
         if mails.len() >= n {
@@ -315,7 +315,7 @@ async fn video_to_mp3_on_embedded_defaults() {
 
     let (job_id, mp3_fid) = convert_one(&client, &token, &video).await;
 
-    let mails = wait_for_outbox(&spindle, 1);
+    let mails = wait_for_outbox(&spindle, 1, Duration::from_secs(60));
     // Notify runs once per mp3 message; give a duplicate time to show up.
     std::thread::sleep(Duration::from_secs(2));
     let mails_later = outbox(&spindle);
@@ -757,7 +757,9 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
         let job = client.finished_job(&token, job_id).await;
         assert_eq!(job["status"], "done", "{job}");
     }
-    let mails = wait_for_outbox(&spindle, accepted.len());
+    // A kill between notify's claim and its send delays that email until
+    // the claim's 60 s lease runs out, plus a redelivery backoff.
+    let mails = wait_for_outbox(&spindle, accepted.len(), Duration::from_secs(150));
     let mp3s = stored_files(&state, "mp3s");
     for job_id in &accepted {
         let made: Vec<_> = mp3s
