@@ -51,6 +51,16 @@ pub struct Limits {
     pub memory_limit_mb: u64,
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
+    /// Linear memory (and table) bytes of a freed instance slot that are
+    /// reset in place and kept resident for the next instance, in KiB,
+    /// instead of being handed back to the kernel: the next instance
+    /// takes no page faults and the host no TLB shootdowns there.
+    pub keep_resident_kb: u64,
+    /// Freed slots kept warm (with what they keep resident) for the next
+    /// instance of the same component; beyond them a freed slot is reused
+    /// for any component. Bounds what idle slots keep resident to
+    /// `max_warm_slots x keep_resident_kb`, outside `memory_budget_mb`.
+    pub max_warm_slots: u32,
     /// Time a client has to send a request's complete header section,
     /// counted from the connection's opening or, on a kept-alive
     /// connection, from the next request's first byte (slowloris). The
@@ -123,6 +133,8 @@ impl Default for Limits {
             body_timeout_secs: 3600.0,
             memory_limit_mb: 256,
             max_instances: 256,
+            keep_resident_kb: 2048,
+            max_warm_slots: 32,
             header_read_timeout_secs: 10.0,
             idle_timeout_secs: 60.0,
             max_connections: 0,

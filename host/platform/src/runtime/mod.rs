@@ -54,6 +54,17 @@ impl Runtime {
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
             .table_elements(100_000);
+        // A freed slot is reset in place up to `keep_resident_kb` (only the
+        // pages the guest touched, found with PAGEMAP_SCAN where the kernel
+        // has it) rather than decommitted. What lies beyond is decommitted
+        // at once, not batched: a batch would hold freed memory the budget
+        // has already handed back.
+        let keep_resident =
+            usize::try_from(limits.keep_resident_kb.saturating_mul(1024)).unwrap_or(usize::MAX);
+        pool.max_unused_warm_slots(limits.max_warm_slots)
+            .linear_memory_keep_resident(keep_resident)
+            .table_keep_resident(keep_resident)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
         let engine = Engine::new(&config)
