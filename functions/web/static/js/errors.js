@@ -58,7 +58,10 @@ export function explain(err) {
     case 408:
       return `The connection was too slow: ${said(err)}. Try again on a faster connection.`;
     case 413:
-      return `Too large: ${said(err)}. Delete files you no longer need below, or choose a smaller file.`;
+      // The quota's message says to delete files already; the size limit's does not.
+      return /delete/i.test(err.message)
+        ? `Too large: ${said(err)}. Your files are listed below.`
+        : `Too large: ${said(err)}. Choose a smaller file.`;
     case 429:
       return `Too many at once: ${said(err)}. Try again ${wait}.`;
     case 503:

@@ -65,7 +65,7 @@ export function setUp(el, { token, onUploaded, onExpired }) {
     el.status.hidden = false;
     el.cancel.hidden = false;
     el.bar.value = 0;
-    el.statusLabel.textContent = `Uploading ${file.name}`;
+    el.statusLabel.textContent = `Upload of ${file.name}`;
     el.text.textContent = `0 bytes of ${bytes(file.size)} (0%)`;
     running = upload(file, token(), (sent, total) => {
       const percent = total > 0 ? Math.floor((sent / total) * 100) : 0;
