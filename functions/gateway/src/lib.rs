@@ -67,9 +67,9 @@ impl<'a> Route<'a> {
         match path {
             "/upload" => Ok(Route::Upload),
             "/download" => Ok(Route::Download),
-            "/jobs" | "/jobs/" => Ok(Route::Jobs),
+            "/jobs" => Ok(Route::Jobs),
             _ => match path.strip_prefix("/jobs/") {
-                Some(id) if !id.contains('/') => Ok(Route::Job(id)),
+                Some(id) if !id.is_empty() && !id.contains('/') => Ok(Route::Job(id)),
                 Some(_) => Err(ApiError::not_found(
                     "give one job id: GET /jobs/{job_id}, with a job_id POST /upload or GET /jobs returned",
                 )),
@@ -150,8 +150,7 @@ mod tests {
         assert_eq!(Route::parse("/download").ok(), Some(Route::Download));
         assert_eq!(Route::parse("/jobs/abc").ok(), Some(Route::Job("abc")));
         assert_eq!(Route::parse("/jobs").ok(), Some(Route::Jobs));
-        assert_eq!(Route::parse("/jobs/").ok(), Some(Route::Jobs));
-        for missing in ["/", "/jobs/a/b", "/uploads", "/login"] {
+        for missing in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/login"] {
             let e = Route::parse(missing).expect_err(missing);
             assert_eq!(e.status(), StatusCode::NOT_FOUND, "{missing}");
         }
