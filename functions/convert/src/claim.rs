@@ -8,6 +8,10 @@
 //! records the result. The holder renews the lease every third of
 //! [`LEASE`]; a holder that died loses the job to the next delivery once
 //! its lease has run out. An empty value means nobody holds it.
+//!
+//! Every write under the claim (renewals, progress, the outcome) is a
+//! compare-and-set on the claim's value, so a job deleted meanwhile is
+//! never written back: its writes find no file and report [`Lost::Gone`].
 
 use spindle_platform::capabilities::blobs::{BlobError, BlobStore, FileInfo};
 use spindle_platform::clock::now_ms;
@@ -57,7 +61,18 @@ pub struct Claim {
 pub enum Lost {
     /// Another delivery holds (or just took) the job.
     Taken,
+    /// The job's video is gone: its owner deleted the job.
+    Gone,
     Backend(BlobError),
+}
+
+impl From<BlobError> for Lost {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound { .. } => Lost::Gone,
+            e => Lost::Backend(e),
+        }
+    }
 }
 
 impl Claim {
@@ -97,8 +112,13 @@ impl Claim {
                 value,
             }),
             Ok(None) => Err(Lost::Taken),
-            Err(e) => Err(Lost::Backend(e)),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records `set` (progress) while keeping the claim.
+    pub async fn report(&self, set: Vec<(String, String)>) -> Result<(), Lost> {
+        self.swap(set).await
     }
 
     /// Extends the lease; `Lost::Taken` when the claim is no longer ours.
@@ -124,7 +144,7 @@ impl Claim {
         {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(Lost::Taken),
-            Err(e) => Err(Lost::Backend(e)),
+            Err(e) => Err(e.into()),
         }
     }
 }

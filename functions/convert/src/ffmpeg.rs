@@ -10,8 +10,11 @@
 //! sequences), ffmpeg stops at the probed duration (`-t`) and at the size
 //! that duration allows (`-fs`), runs a bounded number of threads, and both
 //! run in the [`Sandbox`] (no network, no files but the upload, rlimits).
-//! Error texts name the upload by its file name, never a path.
+//! Error texts name the upload by its file name, never a path. ffmpeg's
+//! own progress report shares stderr with its errors and is sorted out of
+//! it line by line (`progress.rs`).
 
+use crate::progress::{Line, Progress, classify};
 use crate::sandbox::{Rlimits, Sandbox};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -19,10 +22,13 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How much of ffmpeg's stderr is kept for the error message.
 const STDERR_TAIL: usize = 4096;
+
+/// The longest stderr line read whole; the rest of a longer one is dropped.
+const MAX_LINE: usize = 4096;
 
 /// ffmpeg's arguments between the input and the output: the first audio
 /// stream as MP3 at a constant 192 kbit/s (a piped VBR MP3 has no seek
@@ -244,15 +250,17 @@ impl Ffmpeg {
     }
 
     /// Converts the audio of `input` to MP3 ([`MP3_OUTPUT_ARGS`]), sending
-    /// the bytes to `out` as ffmpeg writes them. `name` stands for
-    /// the input in error messages. The child is killed if this future is
-    /// dropped (shutdown) or the time limit passes.
+    /// the bytes to `out` as ffmpeg writes them and the media time written
+    /// to `progress` about once a second. `name` stands for the input in
+    /// error messages. The child is killed if this future is dropped
+    /// (shutdown, a deleted job) or the time limit passes.
     pub async fn to_mp3(
         &self,
         input: &Path,
         media: &Media,
         name: &str,
         out: mpsc::Sender<Bytes>,
+        progress: &watch::Sender<Progress>,
     ) -> Result<(), Failure> {
         let max = self.limits.max_duration.as_secs_f64();
         let seconds = media.duration.map_or(max, |d| d.min(max));
@@ -260,7 +268,8 @@ impl Ffmpeg {
         let max_bytes = (seconds.ceil() as u64 + 10) * MP3_BYTES_PER_SEC + (1 << 20);
         let mut command = Command::new(&self.path);
         command
-            .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-nostats"])
+            .args(["-progress", "pipe:2", "-stats_period", "1"])
             .args(restricted_input())
             .args(["-threads", THREADS, "-i"])
             .arg(file_url(input))
@@ -300,7 +309,8 @@ impl Ffmpeg {
             }
         };
         let run = async {
-            let (pumped, tail, status) = tokio::join!(pump, read_tail(stderr), child.wait());
+            let (pumped, tail, status) =
+                tokio::join!(pump, read_stderr(stderr, progress), child.wait());
             (pumped, tail, status)
         };
         let (pumped, tail, status) = match tokio::time::timeout(self.limits.time_limit, run).await {
@@ -411,20 +421,54 @@ fn hms(seconds: f64) -> String {
     }
 }
 
-/// The last [`STDERR_TAIL`] bytes of ffmpeg's stderr.
-async fn read_tail(mut stderr: impl AsyncRead + Unpin) -> String {
-    let mut tail = Vec::new();
+/// Reads ffmpeg's stderr to its end: progress lines update `progress`,
+/// the last [`STDERR_TAIL`] bytes of the others are returned for the error
+/// message.
+async fn read_stderr(
+    mut stderr: impl AsyncRead + Unpin,
+    progress: &watch::Sender<Progress>,
+) -> String {
+    let mut tail = String::new();
+    let mut line = Vec::new();
     let mut buf = [0u8; 4096];
+    let take = |line: &[u8], tail: &mut String| {
+        let text = String::from_utf8_lossy(line);
+        match classify(text.trim_end_matches('\r')) {
+            Line::OutTime(t) => progress.send_modify(|p| p.out_time = t),
+            Line::Progress => {}
+            Line::Log(text) => {
+                tail.push_str(text);
+                tail.push('\n');
+                if tail.len() > STDERR_TAIL {
+                    let mut cut = tail.len() - STDERR_TAIL;
+                    while !tail.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    tail.drain(..cut);
+                }
+            }
+        }
+    };
     while let Ok(n) = stderr.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        tail.extend_from_slice(&buf[..n]);
-        if tail.len() > STDERR_TAIL {
-            tail.drain(..tail.len() - STDERR_TAIL);
+        for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
+            let room = MAX_LINE.saturating_sub(line.len());
+            match piece.strip_suffix(b"\n") {
+                Some(end) => {
+                    line.extend_from_slice(&end[..end.len().min(room)]);
+                    take(&line, &mut tail);
+                    line.clear();
+                }
+                None => line.extend_from_slice(&piece[..piece.len().min(room)]),
+            }
         }
     }
-    String::from_utf8_lossy(&tail).into_owned()
+    if !line.is_empty() {
+        take(&line, &mut tail);
+    }
+    tail
 }
 
 /// A sentence for the job's `error`, from what ffmpeg printed.
@@ -501,6 +545,21 @@ mod tests {
         assert_eq!(e, "clip.mp4: Invalid data\nOpening [path] failed\n");
         assert_eq!(hms(36000.0), "10 h 0 min 0 s");
         assert_eq!(hms(75.4), "1 min 15 s");
+    }
+
+    #[tokio::test]
+    async fn progress_is_sorted_out_of_the_error_text() {
+        let stderr: &[u8] = b"out_time_us=0\nprogress=continue\n\
+            clip.mp4: Invalid data\r\nout_time_us=1500000\nprogress=end\nlast words";
+        let (progress, seen) = watch::channel(Progress::default());
+        let tail = read_stderr(stderr, &progress).await;
+        assert_eq!(tail, "clip.mp4: Invalid data\nlast words\n");
+        assert_eq!(seen.borrow().out_time, Duration::from_millis(1500));
+
+        let long = format!("{}\nend\n", "x".repeat(3 * MAX_LINE));
+        let tail = read_stderr(long.as_bytes(), &progress).await;
+        assert_eq!(tail.len(), STDERR_TAIL, "lines are cut at MAX_LINE");
+        assert!(tail.ends_with("x\nend\n"));
     }
 
     #[tokio::test]

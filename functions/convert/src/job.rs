@@ -25,17 +25,29 @@
 //!   the job failed, keeping the video so an operator's replay can convert
 //!   it. A replayed message (`Delivery::replayed`) takes a `failed` job up
 //!   again.
+//! - While converting, the job carries `progress` and `duration_secs`
+//!   (`progress.rs`), written under the claim.
+//! - A job its owner deletes (`DELETE /jobs/{id}` removes the video, then
+//!   the MP3s) is never written back: every write is a compare-and-set on
+//!   the video, which then finds no file ([`Stop::Gone`]). The delivery
+//!   stops ffmpeg, removes every MP3 stored for the job and acks; a
+//!   delivery of a queued job that was deleted finds no video and does the
+//!   same. A worker that crashes after storing an MP3 of a deleted job
+//!   leaves it until the message's redelivery sweeps it. What remains: a
+//!   job deleted between the check before announcing and the publish gets
+//!   its "MP3 ready" message, which notify dead-letters (the MP3 is gone).
 
 use crate::claim::{Claim, Held, Lost};
 use crate::ffmpeg::{Failure, Ffmpeg};
 use crate::message::JobMessage;
+use crate::progress::{DURATION_SECS, PROGRESS, Progress, REPORT_EVERY, format_secs};
 use bytes::Bytes;
 use spindle_platform::capabilities::blobs::{BlobError, BlobStore, FileInfo, NewFile};
 use spindle_platform::capabilities::queue::{Broker, Delivery, Outcome};
 use spindle_platform::metrics::ConversionMetrics;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub const VIDEOS: &str = "videos";
 pub const MP3S: &str = "mp3s";
@@ -43,6 +55,10 @@ pub const MP3_QUEUE: &str = "mp3";
 
 /// Set on the video once the `mp3` message for its MP3 is published.
 const ANNOUNCED: &str = "announced";
+
+/// The video's size, recorded when conversion starts: the bytes go once
+/// the job ends, and the job list still shows how large the upload was.
+const VIDEO_BYTES: &str = "video_bytes";
 
 /// What a conversion needs; shared by every message it handles.
 pub struct Converter {
@@ -68,12 +84,15 @@ enum Stop {
     /// Another delivery took the job over (this one stalled past its
     /// lease): it finishes the job, this delivery's message can go.
     Superseded,
+    /// The job was deleted: what was made for it goes, the message too.
+    Gone,
 }
 
 impl From<Lost> for Stop {
     fn from(lost: Lost) -> Self {
         match lost {
             Lost::Taken => Stop::Superseded,
+            Lost::Gone => Stop::Gone,
             Lost::Backend(e) => Stop::Retry(e.to_string()),
         }
     }
@@ -112,7 +131,37 @@ impl Converter {
                 tracing::warn!(job_id = %job.job_id, "another delivery took this job over; it finishes it");
                 Outcome::Ack
             }
+            Err(Stop::Gone) => match self.forget(&job).await {
+                Ok(()) => {
+                    tracing::info!(job_id = %job.job_id, "the job was deleted; nothing of it is kept");
+                    Outcome::Ack
+                }
+                Err(reason) => {
+                    tracing::warn!(job_id = %job.job_id, "will retry removing a deleted job's MP3: {reason}");
+                    Outcome::Retry(reason)
+                }
+            },
         }
+    }
+
+    /// Removes every MP3 stored for a deleted job (of the message's
+    /// account), so none outlives its job.
+    async fn forget(&self, job: &JobMessage) -> Result<(), String> {
+        let found = self
+            .blobs
+            .find(MP3S, "job_id", &job.job_id)
+            .await
+            .map_err(|e| format!("looking for the deleted job's MP3: {e}"))?;
+        for mp3 in found
+            .iter()
+            .filter(|f| meta(f, "owner") == Some(job.username.as_str()))
+        {
+            match self.blobs.delete(MP3S, &mp3.id).await {
+                Ok(()) | Err(BlobError::NotFound { .. }) => {}
+                Err(e) => return Err(format!("removing the deleted job's MP3 {}: {e}", mp3.id)),
+            }
+        }
+        Ok(())
     }
 
     /// The queue's dead-letter hook: a job whose message is given up on
@@ -164,8 +213,11 @@ impl Converter {
     async fn run(&self, job: &JobMessage, replayed: bool) -> Result<(), Stop> {
         let video = match self.blobs.stat(VIDEOS, &job.video_fid).await {
             Ok(v) => v,
-            Err(e @ (BlobError::NotFound { .. } | BlobError::Invalid(_))) => {
-                return Err(Stop::Reject(format!("the uploaded video is gone: {e}")));
+            // Deleted by its owner (or never stored: then there is
+            // nothing to convert either).
+            Err(BlobError::NotFound { .. }) => return Err(Stop::Gone),
+            Err(e @ BlobError::Invalid(_)) => {
+                return Err(Stop::Reject(format!("the message names no video: {e}")));
             }
             Err(e) => return Err(Stop::Retry(e.to_string())),
         };
@@ -198,7 +250,13 @@ impl Converter {
                 job.job_id, held.expires_ms
             )));
         }
-        let mut start = vec![("state".to_string(), "processing".to_string())];
+        let mut start = vec![
+            ("state".to_string(), "processing".to_string()),
+            (PROGRESS.to_string(), "0".to_string()),
+        ];
+        if meta(&video, VIDEO_BYTES).is_none() {
+            start.push((VIDEO_BYTES.to_string(), video.length.to_string()));
+        }
         if meta(&video, "state") == Some("failed") {
             // A replay: the old reason no longer describes the job.
             start.push(("error".to_string(), String::new()));
@@ -211,9 +269,9 @@ impl Converter {
                     job.job_id
                 )));
             }
-            Err(Lost::Backend(e)) => return Err(Stop::Retry(e.to_string())),
+            Err(lost) => return Err(lost.into()),
         };
-        let (claim, converted) = self.under_claim(claim, job, &video).await;
+        let (claim, converted, progress) = self.under_claim(claim, job, &video).await;
         let (mp3, created) = match converted {
             Ok(found) => found,
             Err(Stop::Fail(reason)) => {
@@ -242,10 +300,14 @@ impl Converter {
         let Some(claim) = claim else {
             return Err(Stop::Superseded);
         };
-        let done = vec![
+        let mut done = vec![
             ("state".to_string(), "done".to_string()),
             ("mp3_fid".to_string(), mp3.clone()),
+            (PROGRESS.to_string(), "100".to_string()),
         ];
+        if let Some(secs) = progress.duration_secs {
+            done.push((DURATION_SECS.to_string(), format_secs(secs)));
+        }
         if let Err(lost) = claim.finish(done).await {
             if created && matches!(lost, Lost::Taken) {
                 // The job is the other delivery's now: its MP3 counts.
@@ -259,42 +321,69 @@ impl Converter {
         self.announce(job, &mp3).await
     }
 
-    /// Finds or makes the job's MP3 while renewing the claim; stops early
-    /// when the claim is lost. Returns the claim (none if lost) and the MP3
-    /// id with whether this delivery created it.
+    /// Finds or makes the job's MP3 while renewing the claim and recording
+    /// progress; stops early (killing ffmpeg) when the claim is lost or the
+    /// job deleted. Returns the claim (none if lost), the MP3 id with
+    /// whether this delivery created it, and the last progress.
     async fn under_claim(
         &self,
         mut claim: Claim,
         job: &JobMessage,
         video: &FileInfo,
-    ) -> (Option<Claim>, Result<(String, bool), Stop>) {
+    ) -> (Option<Claim>, Result<(String, bool), Stop>, Progress) {
+        let (progress, seen) = watch::channel(Progress::default());
         let work = async {
             match self.existing_mp3(job).await? {
-                Some(id) => Ok((id, false)),
-                None => self.convert(job, video).await.map(|id| (id, true)),
+                Some(mp3) => {
+                    let secs = meta(&mp3, DURATION_SECS).and_then(|s| s.parse().ok());
+                    progress.send_modify(|p| p.duration_secs = secs);
+                    Ok((mp3.id, false))
+                }
+                None => self
+                    .convert(job, video, &progress)
+                    .await
+                    .map(|id| (id, true)),
             }
         };
         tokio::pin!(work);
         let mut renew = tokio::time::interval(crate::claim::LEASE / 3);
         renew.tick().await;
-        loop {
-            tokio::select! {
-                result = &mut work => return (Some(claim), result),
-                _ = renew.tick() => match claim.renew().await {
-                    Ok(()) => {}
-                    Err(Lost::Taken) => return (None, Err(Stop::Superseded)),
-                    Err(Lost::Backend(e)) => {
-                        // The lease still runs; the next renewal may get through.
-                        tracing::warn!(job_id = %job.job_id, "could not renew the claim: {e}");
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What `Claim::take` wrote.
+        let mut reported = Progress::default().pairs();
+        let lost = loop {
+            let kept = tokio::select! {
+                result = &mut work => return (Some(claim), result, *seen.borrow()),
+                _ = renew.tick() => claim.renew().await,
+                _ = report.tick() => {
+                    let pairs = seen.borrow().pairs();
+                    if pairs == reported {
+                        Ok(())
+                    } else {
+                        claim.report(pairs.clone()).await.map(|()| reported = pairs)
                     }
-                },
+                }
+            };
+            match kept {
+                Ok(()) => {}
+                Err(Lost::Backend(e)) => {
+                    // The lease still runs; the next write may get through.
+                    tracing::warn!(job_id = %job.job_id, "could not update the claimed job: {e}");
+                }
+                Err(lost) => break lost,
             }
-        }
+        };
+        let stop = match lost {
+            Lost::Gone => Stop::Gone,
+            _ => Stop::Superseded,
+        };
+        (None, Err(stop), *seen.borrow())
     }
 
     /// An MP3 an earlier attempt stored for this job; extra copies (from
     /// two deliveries racing after a lost connection) are removed.
-    async fn existing_mp3(&self, job: &JobMessage) -> Result<Option<String>, Stop> {
+    async fn existing_mp3(&self, job: &JobMessage) -> Result<Option<FileInfo>, Stop> {
         let mut found = self
             .blobs
             .find(MP3S, "job_id", &job.job_id)
@@ -305,10 +394,15 @@ impl Converter {
             tracing::warn!(job_id = %job.job_id, mp3_fid = %extra.id, "removing a duplicate MP3");
             let _ = self.blobs.delete(MP3S, &extra.id).await;
         }
-        Ok(found.into_iter().next().map(|f| f.id))
+        Ok(found.into_iter().next())
     }
 
-    async fn convert(&self, job: &JobMessage, video: &FileInfo) -> Result<String, Stop> {
+    async fn convert(
+        &self,
+        job: &JobMessage,
+        video: &FileInfo,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<String, Stop> {
         // ffmpeg needs a seekable input: many MP4s keep their index at the end.
         let spool = self.spool(video).await?;
         let media = self
@@ -319,24 +413,30 @@ impl Converter {
                 Failure::Unconvertible(reason) => Stop::Fail(reason),
                 Failure::Transient(reason) => Stop::Retry(reason),
             })?;
+        progress.send_modify(|p| p.duration_secs = media.duration);
         let (tx, rx) = mpsc::channel::<Bytes>(2);
         let stem = video
             .filename
             .rsplit_once('.')
             .map_or(video.filename.as_str(), |(stem, _)| stem);
+        let mut metadata = vec![
+            ("owner".into(), job.username.clone()),
+            ("job_id".into(), job.job_id.clone()),
+            ("video_fid".into(), job.video_fid.clone()),
+        ];
+        if let Some(secs) = media.duration {
+            // For a later delivery that reuses this MP3.
+            metadata.push((DURATION_SECS.into(), format_secs(secs)));
+        }
         let file = NewFile {
             filename: format!("{stem}.mp3"),
             content_type: Some("audio/mpeg".into()),
-            metadata: vec![
-                ("owner".into(), job.username.clone()),
-                ("job_id".into(), job.job_id.clone()),
-                ("video_fid".into(), job.video_fid.clone()),
-            ],
+            metadata,
         };
         let started = std::time::Instant::now();
         let (converted, stored) = tokio::join!(
             self.ffmpeg
-                .to_mp3(spool.path(), &media, &video.filename, tx),
+                .to_mp3(spool.path(), &media, &video.filename, tx, progress),
             self.blobs.create(MP3S, file, rx)
         );
         drop(spool);
@@ -388,8 +488,14 @@ impl Converter {
         Ok(spool)
     }
 
-    /// Publishes the `mp3` message, then records that it did.
+    /// Publishes the `mp3` message, then records that it did; a job
+    /// deleted by now is not announced.
     async fn announce(&self, job: &JobMessage, mp3: &str) -> Result<(), Stop> {
+        match self.blobs.stat(VIDEOS, &job.video_fid).await {
+            Ok(_) => {}
+            Err(BlobError::NotFound { .. }) => return Err(Stop::Gone),
+            Err(e) => return Err(Stop::Retry(e.to_string())),
+        }
         self.broker
             .publish(MP3_QUEUE, &job.mp3_ready(mp3))
             .await
@@ -414,8 +520,12 @@ impl Converter {
         if self.keep_videos {
             return;
         }
-        if let Err(e) = self.blobs.drop_content(VIDEOS, &job.video_fid).await {
-            tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {e}");
+        match self.blobs.drop_content(VIDEOS, &job.video_fid).await {
+            // Deleted meanwhile: the announcement's check stops there.
+            Ok(_) | Err(BlobError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, "could not remove the ended job's video: {e}");
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod config;
 mod ffmpeg;
 mod job;
 mod message;
+mod progress;
 pub mod sandbox;
 
 pub use config::ConvertConfig;

@@ -248,6 +248,15 @@ async fn a_redelivered_message_makes_no_second_mp3() {
     assert_eq!(mp3.filename, "clip.mp3");
     assert_eq!(meta(&mp3, "owner").as_deref(), Some("user@example.com"));
     assert!(mp3.length > 10_000, "3 s of MP3: {} bytes", mp3.length);
+    // What the job list shows: done, how long, how large the upload was.
+    assert_eq!(meta(&after, "progress").as_deref(), Some("100"));
+    let secs: f64 = meta(&after, "duration_secs").unwrap().parse().unwrap();
+    assert!((secs - 3.0).abs() < 0.2, "duration_secs {secs}");
+    assert_eq!(
+        meta(&after, "video_bytes"),
+        Some(video.length.to_string()),
+        "the size survives the video's bytes"
+    );
 
     // Delivered again (at-least-once): nothing new is made or announced.
     assert_eq!((w.handler)(delivery(body, 1)).await, Outcome::Ack);
@@ -295,15 +304,16 @@ async fn an_unreadable_upload_fails_the_job_and_is_dead_lettered() {
             .is_empty()
     );
 
-    // The worker keeps going: malformed and orphaned messages are dead letters too.
+    // The worker keeps going: a malformed message is a dead letter; one
+    // whose video is gone (its job deleted while queued) is done with.
     assert!(matches!(
         (w.handler)(delivery(b"{not json".to_vec(), 1)).await,
         Outcome::DeadLetter(r) if r.contains("not a video job")
     ));
-    assert!(matches!(
+    assert_eq!(
         (w.handler)(delivery(message("job-3", "0123456789abcdef01234567"), 1)).await,
-        Outcome::DeadLetter(r) if r.contains("gone")
-    ));
+        Outcome::Ack
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -846,6 +856,63 @@ async fn an_ended_job_keeps_its_record_and_drops_its_video_unless_kept() {
             1
         );
     }
+}
+
+/// A job deleted while ffmpeg converts it (as `DELETE /jobs/{id}` does:
+/// the video goes, then the MP3s): the worker reports progress until then,
+/// stops, writes nothing back, keeps no MP3 and announces nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_deleted_mid_conversion_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "").await;
+    let video = store_video(&w.blobs, &long_audio(dir.path()), "deleted").await;
+    let handler = w.handler.clone();
+    let body = message("deleted", &video.id);
+    let running = tokio::spawn(async move { handler(delivery(body, 1)).await });
+
+    // Progress shows while it converts, at most about once a second.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let now = w.blobs.stat("videos", &video.id).await.unwrap();
+        let progress: u8 = meta(&now, "progress").map_or(0, |p| p.parse().unwrap());
+        if seen.last() != Some(&progress) {
+            seen.push(progress);
+        }
+        if progress > 0 {
+            assert_eq!(meta(&now, "state").as_deref(), Some("processing"));
+            assert_eq!(meta(&now, "duration_secs").as_deref(), Some("900.000"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.iter().all(|p| *p < 100), "{seen:?}");
+
+    w.blobs.delete("videos", &video.id).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the worker stops soon after the delete")
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ack);
+    assert!(
+        w.blobs.stat("videos", &video.id).await.is_err(),
+        "not written back"
+    );
+    assert!(
+        w.blobs
+            .find("mp3s", "job_id", "deleted")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no MP3 kept"
+    );
+    let announced = collect_for(&w.broker, "mp3", 1, Duration::from_secs(2)).await;
+    assert!(announced.is_empty(), "nothing announced");
+    let mp3_files = std::fs::read_dir(dir.path().join("blobs").join("mp3s"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(mp3_files, 0, "no MP3 file or temp file left");
 }
 
 async fn done_id(w: &Worker, job_id: &str) -> String {

@@ -3,7 +3,10 @@
 //! There is no job table: the upload stores the video with `job_id`,
 //! `owner` and `state` metadata, and the convert worker updates `state`
 //! (`processing`, `done`, `failed`) and sets `mp3_fid` or `error` on the same
-//! file. One record per job means status can never disagree with the data.
+//! file, with `progress`, `duration_secs` and `video_bytes` (the upload's
+//! size, kept after its bytes are dropped). One record per job means status
+//! can never disagree with the data. The list and the delete are in
+//! `job_list.rs` and `job_delete.rs`.
 
 use serde::Serialize;
 use spin_sdk::http::StatusCode;
@@ -13,8 +16,8 @@ use crate::bindings::blobs::store;
 use crate::errors::{ApiError, HttpResponse, blob_error, json};
 use crate::{VIDEOS_BUCKET, metadata};
 
-/// The answer to `GET /jobs/{job_id}`.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// The answer to `GET /jobs/{job_id}`, and each job of `GET /jobs`.
+#[derive(Debug, Serialize, PartialEq)]
 pub struct JobStatus {
     pub job_id: String,
     pub status: String,
@@ -23,19 +26,45 @@ pub struct JobStatus {
     pub mp3_fid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The uploaded file's name, as stored.
+    pub filename: String,
+    /// The uploaded file's size in bytes.
+    pub size_bytes: u64,
+    /// When the video was uploaded, in milliseconds since the Unix epoch.
+    pub uploaded_at: u64,
+    /// Percent converted: 0 while queued, 100 once done.
+    pub progress: u8,
+    /// The media's length, once the worker has read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
 }
 
 impl JobStatus {
     /// The status of the job whose video is `video`. A video without a
     /// `state` has not been touched by the worker yet, so it is queued.
     pub fn from_video(job_id: String, video: &store::FileInfo) -> Self {
-        let get = |key| metadata(&video.metadata, key).map(str::to_owned);
+        let get = |key| metadata(&video.metadata, key);
+        let status = get("state").unwrap_or("queued").to_owned();
+        // A job done before progress was recorded is whole all the same.
+        let progress = get("progress")
+            .and_then(|p| p.parse::<u8>().ok())
+            .unwrap_or(if status == "done" { 100 } else { 0 })
+            .min(100);
         JobStatus {
             job_id,
-            status: get("state").unwrap_or_else(|| "queued".to_owned()),
             video_fid: video.id.clone(),
-            mp3_fid: get("mp3_fid"),
-            error: get("error").filter(|e| !e.is_empty()),
+            mp3_fid: get("mp3_fid").map(str::to_owned),
+            error: get("error").filter(|e| !e.is_empty()).map(str::to_owned),
+            filename: video.filename.clone(),
+            size_bytes: get("video_bytes")
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(video.length),
+            uploaded_at: video.uploaded_at,
+            progress,
+            duration_secs: get("duration_secs")
+                .and_then(|d| d.parse::<f64>().ok())
+                .filter(|d| d.is_finite() && *d >= 0.0),
+            status,
         }
     }
 }
@@ -50,11 +79,17 @@ pub fn normalize_job_id(raw: &str) -> Option<String> {
 }
 
 pub async fn status(caller: &Caller, raw_id: &str) -> Result<HttpResponse, ApiError> {
+    let (job_id, video) = find(caller, raw_id).await?;
+    Ok(json(StatusCode::OK, &JobStatus::from_video(job_id, &video)))
+}
+
+/// The job `raw_id` names and its video, if the caller may see it.
+pub async fn find(caller: &Caller, raw_id: &str) -> Result<(String, store::FileInfo), ApiError> {
     // Same answer for a malformed id, an unknown job and someone else's job,
     // so the answer does not reveal which jobs exist.
     let not_found = || {
         ApiError::not_found(format!(
-            "no job {raw_id:?} found for this account; use the job_id that POST /upload returned"
+            "no job {raw_id:?} found for this account; use a job_id that POST /upload or GET /jobs returned"
         ))
     };
     let Some(job_id) = normalize_job_id(raw_id) else {
@@ -68,10 +103,10 @@ pub async fn status(caller: &Caller, raw_id: &str) -> Result<HttpResponse, ApiEr
     .await
     .map_err(|e| blob_error("could not look up the job", e))?;
     let video = videos
-        .iter()
+        .into_iter()
         .find(|video| caller.may_access(metadata(&video.metadata, "owner")))
         .ok_or_else(not_found)?;
-    Ok(json(StatusCode::OK, &JobStatus::from_video(job_id, video)))
+    Ok((job_id, video))
 }
 
 #[cfg(test)]
@@ -89,7 +124,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            uploaded_at: 0,
+            uploaded_at: 1_700_000_000_000,
         }
     }
 
@@ -101,8 +136,36 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(&status).expect("serializes"),
-            serde_json::json!({"job_id": "j", "status": "queued", "video_fid": "65f0a1b2c3d4e5f6a7b8c9d0"})
+            serde_json::json!({
+                "job_id": "j", "status": "queued", "video_fid": "65f0a1b2c3d4e5f6a7b8c9d0",
+                "filename": "clip.mp4", "size_bytes": 3, "uploaded_at": 1_700_000_000_000_u64,
+                "progress": 0
+            })
         );
+    }
+
+    #[test]
+    fn progress_duration_and_size_come_from_the_worker() {
+        let processing = JobStatus::from_video(
+            "j".into(),
+            &video(&[
+                ("state", "processing"),
+                ("progress", "42"),
+                ("duration_secs", "12.040"),
+                ("video_bytes", "123456"),
+            ]),
+        );
+        assert_eq!(processing.progress, 42);
+        assert_eq!(processing.duration_secs, Some(12.04));
+        assert_eq!(processing.size_bytes, 123_456, "kept after the bytes go");
+        // A job done before progress was recorded; junk is ignored.
+        let legacy = JobStatus::from_video(
+            "j".into(),
+            &video(&[("state", "done"), ("duration_secs", "NaN")]),
+        );
+        assert_eq!((legacy.progress, legacy.duration_secs), (100, None));
+        let odd = JobStatus::from_video("j".into(), &video(&[("progress", "250")]));
+        assert_eq!(odd.progress, 100);
     }
 
     #[test]
@@ -111,10 +174,10 @@ mod tests {
             "j".into(),
             &video(&[("state", "done"), ("mp3_fid", "aaaaaaaaaaaaaaaaaaaaaaaa")]),
         );
-        assert_eq!(
-            serde_json::to_value(&done).expect("serializes"),
-            serde_json::json!({"job_id": "j", "status": "done", "video_fid": "65f0a1b2c3d4e5f6a7b8c9d0", "mp3_fid": "aaaaaaaaaaaaaaaaaaaaaaaa"})
-        );
+        let done = serde_json::to_value(&done).expect("serializes");
+        assert_eq!(done["status"], "done");
+        assert_eq!(done["mp3_fid"], "aaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(done["progress"], 100);
         let failed = JobStatus::from_video(
             "j".into(),
             &video(&[("state", "failed"), ("error", "not a video")]),

@@ -1,7 +1,10 @@
 //! Spindle's gateway function: the user-facing API of the video-to-MP3 app.
 //!
 //! - `POST /upload` (Bearer, multipart with one file) → `202` job
+//! - `GET /jobs` (Bearer) → the caller's jobs, newest first, paginated
 //! - `GET /jobs/{job_id}` (Bearer, owner or admin) → the job's state
+//! - `DELETE /jobs/{job_id}` (Bearer, owner or admin) → `204`; the video
+//!   and the MP3 are gone
 //! - `GET /download?fid=<mp3_fid>` (Bearer, owner or admin) → the MP3,
 //!   streamed, with single byte ranges, `If-Range` and `If-None-Match`;
 //!   `HEAD` gives the same headers
@@ -22,6 +25,8 @@ mod download;
 mod errors;
 mod expiry;
 mod form_guard;
+mod job_delete;
+mod job_list;
 mod jobs;
 mod quota;
 mod range;
@@ -52,6 +57,7 @@ async fn handle(req: Request) -> HttpResponse {
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Upload,
+    Jobs,
     Job(&'a str),
     Download,
 }
@@ -61,14 +67,15 @@ impl<'a> Route<'a> {
         match path {
             "/upload" => Ok(Route::Upload),
             "/download" => Ok(Route::Download),
+            "/jobs" => Ok(Route::Jobs),
             _ => match path.strip_prefix("/jobs/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => Ok(Route::Job(id)),
-                _ if path == "/jobs" || path.starts_with("/jobs/") => Err(ApiError::not_found(
-                    "give a job id: GET /jobs/{job_id}, with the job_id POST /upload returned",
+                Some(_) => Err(ApiError::not_found(
+                    "give one job id: GET /jobs/{job_id}, with a job_id POST /upload or GET /jobs returned",
                 )),
-                _ => Err(ApiError::not_found(format!(
-                    "no route for {path}; the gateway serves POST /upload, \
-                     GET /jobs/{{job_id}} and GET /download?fid=..."
+                None => Err(ApiError::not_found(format!(
+                    "no route for {path}; the gateway serves POST /upload, GET /jobs, \
+                     GET and DELETE /jobs/{{job_id}} and GET /download?fid=..."
                 ))),
             },
         }
@@ -78,7 +85,8 @@ impl<'a> Route<'a> {
     fn methods(&self) -> &'static [Method] {
         match self {
             Route::Upload => &[Method::POST],
-            Route::Job(_) => &[Method::GET],
+            Route::Jobs => &[Method::GET],
+            Route::Job(_) => &[Method::GET, Method::DELETE],
             Route::Download => &[Method::GET, Method::HEAD],
         }
     }
@@ -105,9 +113,17 @@ async fn route(req: Request) -> Result<HttpResponse, ApiError> {
             let caller = auth::authenticate(req.headers()).await?;
             upload::upload(&caller, req).await
         }
+        Route::Jobs => {
+            let caller = auth::authenticate(req.headers()).await?;
+            job_list::list(&caller, req.uri().query()).await
+        }
         Route::Job(id) => {
             let caller = auth::authenticate(req.headers()).await?;
-            jobs::status(&caller, id).await
+            if req.method() == Method::DELETE {
+                job_delete::delete(&caller, id).await
+            } else {
+                jobs::status(&caller, id).await
+            }
         }
         Route::Download => {
             let caller = auth::authenticate(req.headers()).await?;
@@ -133,7 +149,8 @@ mod tests {
         assert_eq!(Route::parse("/upload").ok(), Some(Route::Upload));
         assert_eq!(Route::parse("/download").ok(), Some(Route::Download));
         assert_eq!(Route::parse("/jobs/abc").ok(), Some(Route::Job("abc")));
-        for missing in ["/", "/jobs", "/jobs/", "/jobs/a/b", "/uploads", "/login"] {
+        assert_eq!(Route::parse("/jobs").ok(), Some(Route::Jobs));
+        for missing in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/login"] {
             let e = Route::parse(missing).expect_err(missing);
             assert_eq!(e.status(), StatusCode::NOT_FOUND, "{missing}");
         }
@@ -142,7 +159,8 @@ mod tests {
     #[test]
     fn download_also_answers_head() {
         assert_eq!(Route::Download.methods(), [Method::GET, Method::HEAD]);
-        assert_eq!(Route::Job("x").methods(), [Method::GET]);
+        assert_eq!(Route::Job("x").methods(), [Method::GET, Method::DELETE]);
+        assert_eq!(Route::Jobs.methods(), [Method::GET]);
         assert_eq!(Route::Upload.methods(), [Method::POST]);
     }
 

@@ -8,6 +8,9 @@
 
 use crate::support;
 
+// GET /jobs and DELETE /jobs/{id}.
+mod jobs;
+
 use base64::Engine as _;
 use serde_json::Value;
 use smtp_server::{SmtpServer, TlsMode};

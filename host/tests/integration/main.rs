@@ -27,3 +27,4 @@ mod shutdown;
 mod spin_manifest;
 mod spin_sdks;
 mod watch;
+mod web;

@@ -194,7 +194,6 @@ async fn odd_bytes_and_odd_ids_get_json_4xx() {
         "/jobs/".to_owned(),
         "/jobs/..%2f..".to_owned(),
         "/jobs/..%2F..%2Fetc%2Fpasswd".to_owned(),
-        "/jobs/%2e%2e".to_owned(),
         "/jobs/%ff%fe".to_owned(),
         "/jobs/%c0%af".to_owned(),
         "/jobs/%00".to_owned(),
@@ -204,6 +203,17 @@ async fn odd_bytes_and_odd_ids_get_json_4xx() {
         let resp = honest.get(&path).send().await.unwrap();
         expect_json_error(resp, 404).await;
     }
+    // The client resolves `%2e%2e` as `..` (WHATWG URL), so this is `GET /`:
+    // the web page, not a job.
+    let resp = honest.get("/jobs/%2e%2e").send().await.unwrap();
+    assert_eq!(resp.url().path(), "/");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     // fid parameters that are not one fid.
     let fid = "65f0a1b2c3d4e5f6a7b8c9d0";
     for query in [

@@ -47,6 +47,8 @@ pub fn build_components() -> PathBuf {
                 "-p",
                 "notify@0.1.0",
                 "-p",
+                "web",
+                "-p",
                 "testbed",
                 "-p",
                 "hello-p2",
