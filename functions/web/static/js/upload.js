@@ -87,6 +87,15 @@ export function setUp(el, { token, onUploaded, onExpired }) {
         showError("Upload cancelled. Nothing was stored.");
       } else if (err.status === 401) {
         onExpired();
+      } else if (err.status === 0) {
+        // The server answers an upload it refuses (over the size limit or
+        // the quota) before reading all of it, then stops reading: a large
+        // file's upload then breaks off without the answer reaching us.
+        showError(
+          "The upload stopped before it finished. The server refuses a file larger than its " +
+            "upload limit, or than what is left of your storage quota, this way; if neither " +
+            "can be the case, check your connection and try again.",
+        );
       } else {
         showError(explain(err));
       }
