@@ -19,7 +19,7 @@
 //! 5. **Check**: [`Capability::missing_grant`] maps an import to the grant a
 //!    deploy needs; [`Capability::ready`] answers readiness probes.
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::runtime_config::RuntimeConfig;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -85,6 +85,27 @@ pub trait HasState<C: Capability>: Send + 'static {
     fn view(&mut self) -> StateView<'_, C>;
 }
 
+/// Every component's grant of capability `C`, for a backend built from
+/// what the components were granted (their allowed hosts, their files).
+pub fn grants_of<C: Capability>(
+    manifest: &Manifest,
+) -> Result<Vec<(&str, C::Grant)>, ManifestError> {
+    manifest
+        .components
+        .iter()
+        .map(|(id, component)| {
+            let entry = GrantEntry {
+                id,
+                keys: &component.grants,
+                manifest,
+            };
+            C::grant(&entry)
+                .map(|grant| (id.as_str(), grant))
+                .map_err(|e| e.in_component(manifest, id))
+        })
+        .collect()
+}
+
 /// One component's entry as capabilities see it while granting.
 pub struct GrantEntry<'a> {
     pub id: &'a str,
@@ -115,6 +136,16 @@ pub struct GrantError {
 }
 
 impl GrantError {
+    /// This error as the manifest problem it is in component `id`'s entry.
+    pub fn in_component(self, manifest: &Manifest, id: &str) -> ManifestError {
+        ManifestError {
+            file: manifest.path.clone(),
+            key: format!("component.{id}.{}", self.key),
+            problem: self.problem,
+            fix: self.fix,
+        }
+    }
+
     pub fn new(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
         GrantError {
             key: key.into(),

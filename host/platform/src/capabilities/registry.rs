@@ -202,12 +202,7 @@ pub fn grants(manifest: &Manifest) -> Result<BTreeMap<String, Grants>, ManifestE
         .collect();
     let mut all = BTreeMap::new();
     for (id, component) in &manifest.components {
-        let err = |e: GrantError| ManifestError {
-            file: manifest.path.clone(),
-            key: format!("component.{id}.{}", e.key),
-            problem: e.problem,
-            fix: e.fix,
-        };
+        let err = |e: GrantError| e.in_component(manifest, id);
         if let Some(key) = component
             .grants
             .keys()

@@ -11,7 +11,9 @@
 use super::{
     AllowList, HostEntry, OutboundBackend, OutboundHttp, from_allowed_http_hosts, parse_entries,
 };
-use crate::capabilities::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState};
+use crate::capabilities::capability::{
+    BackendEnv, Capability, GrantEntry, GrantError, HasState, grants_of,
+};
 use crate::capabilities::variables::{AppVariables, TemplatePart, Variables, parse_template};
 use crate::manifest::Manifest;
 use std::collections::{BTreeMap, HashMap};
@@ -107,21 +109,7 @@ fn allow_lists(env: &BackendEnv<'_>) -> anyhow::Result<HashMap<String, AllowList
     let manifest: &Manifest = env.manifest;
     let mut variables: Option<AppVariables> = None;
     let mut lists = HashMap::new();
-    for (id, component) in &manifest.components {
-        let entry = GrantEntry {
-            id,
-            keys: &component.grants,
-            manifest,
-        };
-        let grant = Outbound::grant(&entry).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: component.{id}.{}: {}; {}",
-                manifest.path.display(),
-                e.key,
-                e.problem,
-                e.fix
-            )
-        })?;
+    for (id, grant) in grants_of::<Outbound>(manifest)? {
         if variables.is_none() && grant.iter().any(|e| matches!(e, HostEntry::Template(_))) {
             let runtime_values: BTreeMap<String, String> = env.section::<Variables, _>()?;
             variables = Some(
@@ -153,7 +141,7 @@ fn allow_lists(env: &BackendEnv<'_>) -> anyhow::Result<HashMap<String, AllowList
                 manifest.path.display()
             )
         })?;
-        lists.insert(id.clone(), list);
+        lists.insert(id.to_string(), list);
     }
     Ok(lists)
 }

@@ -4,7 +4,9 @@
 //! [`super::WasiState::configure`] puts in its WASI context.
 
 use super::{FileMount, WasiGrant, WasiState, check_mount, stage};
-use crate::capabilities::capability::{BackendEnv, Capability, GrantEntry, GrantError, HasState};
+use crate::capabilities::capability::{
+    BackendEnv, Capability, GrantEntry, GrantError, HasState, grants_of,
+};
 use anyhow::Context;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -108,26 +110,11 @@ impl Capability for Wasi {
 
     async fn backend(env: &BackendEnv<'_>) -> anyhow::Result<Self::Backend> {
         let manifest = env.manifest;
-        let mut grants = Vec::new();
-        for (id, component) in &manifest.components {
-            let entry = GrantEntry {
-                id,
-                keys: &component.grants,
-                manifest,
-            };
-            let grant = Self::grant(&entry).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: component.{id}.{}: {}; {}",
-                    manifest.path.display(),
-                    e.key,
-                    e.problem,
-                    e.fix
-                )
-            })?;
-            if !grant.files.is_empty() {
-                grants.push((id.clone(), grant));
-            }
-        }
+        let grants: Vec<_> = grants_of::<Self>(manifest)?
+            .into_iter()
+            .filter(|(_, grant)| !grant.files.is_empty())
+            .map(|(id, grant)| (id.to_string(), grant))
+            .collect();
         if grants.is_empty() {
             return Ok(StagedFiles::default());
         }
