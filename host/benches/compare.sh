@@ -24,32 +24,7 @@ for f in auth.wasm testbed.wasm; do
 done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat > "$work/spin.toml" <<M
-spin_manifest_version = 2
-[application]
-name = "bench"
-[variables]
-jwt_secret = { default = "bench-secret", secret = true }
-[[trigger.http]]
-route = "/signup"
-component = "auth"
-[[trigger.http]]
-route = "/login"
-component = "auth"
-[[trigger.http]]
-route = "/validate"
-component = "auth"
-[[trigger.http]]
-route = "/hello"
-component = "hello"
-[component.auth]
-source = "$wasm/auth.wasm"
-mysql_databases = ["default"]
-[component.auth.variables]
-jwt_secret = "{{ jwt_secret }}"
-[component.hello]
-source = "$wasm/testbed.wasm"
-M
+sed "s#@WASM@#$wasm#g" "$root/host/benches/load.spin.toml" > "$work/spin.toml"
 echo 'wrk.method = "POST"' > "$work/post.lua"
 url=http://127.0.0.1:18080
 clk=$(getconf CLK_TCK)

@@ -100,35 +100,9 @@ async fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let wasm = support::build_components();
-    let (_dir, manifest) = write_manifest(&format!(
-        r#"spin_manifest_version = 2
-[application]
-name = "bench"
-[variables]
-jwt_secret = {{ default = "bench-secret", secret = true }}
-[[trigger.http]]
-route = "/signup"
-component = "auth"
-[[trigger.http]]
-route = "/login"
-component = "auth"
-[[trigger.http]]
-route = "/validate"
-component = "auth"
-[[trigger.http]]
-route = "/hello"
-component = "hello"
-[component.auth]
-source = "{auth}"
-mysql_databases = ["default"]
-[component.auth.variables]
-jwt_secret = "{{{{ jwt_secret }}}}"
-[component.hello]
-source = "{hello}"
-"#,
-        auth = wasm.join("auth.wasm").display(),
-        hello = wasm.join("testbed.wasm").display(),
-    ));
+    let (_dir, manifest) = write_manifest(
+        &include_str!("load.spin.toml").replace("@WASM@", &wasm.display().to_string()),
+    );
     let s = up(UpOptions::new(&manifest).env("SPINDLE_LOG", "warn"));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections as usize)

@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::bindings::blobs::store;
 use crate::errors::{ApiError, HttpResponse, blob_error, json};
 use crate::jobs::JobStatus;
+use crate::query::{is_blob_id, single};
 use crate::{VIDEOS_BUCKET, metadata};
 
 const DEFAULT_LIMIT: usize = 20;
@@ -48,7 +49,7 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let text = std::str::from_utf8(&bytes).ok()?;
         let (at, fid) = text.split_once(':')?;
-        if fid.len() != 24 || !fid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_blob_id(fid) {
             return None;
         }
         Some(Cursor {
@@ -73,19 +74,11 @@ pub struct Page {
 impl Page {
     /// Reads the query; other parameters are ignored.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut limit = None;
-        let mut after = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match key {
-                "limit" => &mut limit,
-                "after" => &mut after,
-                _ => continue,
-            };
-            if slot.replace(value).is_some() {
-                return Err(ApiError::bad_request(format!("give ?{key}= at most once")));
-            }
-        }
+        let once = |key: &str| {
+            single(query, key)
+                .map_err(|_| ApiError::bad_request(format!("give ?{key}= at most once")))
+        };
+        let (limit, after) = (once("limit")?, once("after")?);
         let limit = match limit {
             None => DEFAULT_LIMIT,
             Some(raw) => raw

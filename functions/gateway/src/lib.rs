@@ -28,6 +28,7 @@ mod form_guard;
 mod job_delete;
 mod job_list;
 mod jobs;
+mod query;
 mod quota;
 mod range;
 mod streams;

@@ -131,15 +131,10 @@ impl std::fmt::Display for FidError {
 /// lowercased, the form the blob store issues. Checking here keeps junk away
 /// from the store and gives the client a 400 that says what is wrong.
 pub fn parse_fid(query: Option<&str>) -> Result<String, FidError> {
-    let mut values = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("fid="));
-    let value = values.next().ok_or(FidError::Missing)?;
-    if values.next().is_some() {
-        return Err(FidError::Repeated);
-    }
-    if value.len() == 24 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let value = crate::query::single(query, "fid")
+        .map_err(|_| FidError::Repeated)?
+        .ok_or(FidError::Missing)?;
+    if crate::query::is_blob_id(value) {
         Ok(value.to_ascii_lowercase())
     } else {
         Err(FidError::Malformed)
